@@ -1,0 +1,19 @@
+"""keras_tlnode: Taylor-Lagrange neural ODEs (TL-NODE) as Keras 3 layers.
+
+Public API: `taylor_coefficients`, `TaylorLagrangeODE`, `MidpointCorrection`.
+"""
+
+import keras as _keras
+
+if _keras.backend.backend() != "tensorflow":
+    raise ImportError(
+        "keras_tlnode needs Keras's TensorFlow backend, but Keras is using "
+        f"{_keras.backend.backend()!r}. Set KERAS_BACKEND=tensorflow before importing keras."
+    )
+
+from keras_tlnode.correction import MidpointCorrection  # noqa: E402
+from keras_tlnode.layers import TaylorLagrangeODE  # noqa: E402
+from keras_tlnode.taylor import taylor_coefficients  # noqa: E402
+
+__all__ = ["MidpointCorrection", "TaylorLagrangeODE", "taylor_coefficients"]
+__version__ = "0.1.0"

@@ -1,0 +1,243 @@
+"""`TaylorLagrangeODE`: a neural ODE layer solved by fixed Taylor-Lagrange steps."""
+
+from __future__ import annotations
+
+import functools
+import math
+import numbers
+import weakref
+
+import keras
+import tensorflow as tf
+
+from keras_tlnode.correction import MidpointCorrection
+from keras_tlnode.rollout import rollout
+from keras_tlnode.schemes import CLASSICAL, taylor_lagrange_evaluations, taylor_lagrange_step
+from keras_tlnode.taylor import validate_order
+
+METHODS = ("taylor_lagrange",) + tuple(CLASSICAL)
+
+
+@keras.saving.register_keras_serializable(package="keras_tlnode")
+class TaylorLagrangeODE(keras.layers.Layer):
+    """Integrates `dx/dt = f_θ(x)` over `[t_initial, t_initial + t_final]` in fixed steps.
+
+    Each of the `num_steps` steps of size Δt = t_final / num_steps is
+
+        x_{k+1} = x_k + Σ_{i=1..p} Δt^i/i! · x^(i)(x_k) + Δt^(p+1)/(p+1)! · x^(p+1)(ξ_k)
+
+    with the Taylor coefficients x^(i) from nested forward-mode differentiation
+    (`taylor_coefficients`) and ξ_k = x_k + Δt · Γ_φ(x_k) ⊙ f_θ(x_k) placed by
+    `correction`; with `correction=None`, ξ_k = x_k and the step is the Taylor
+    method of degree p+1. `method="euler" | "heun" | "rk4"` swaps the step for a
+    classical scheme through the same layer, rollout and API.
+
+    f-evaluations per call (`nfe`): `num_steps` times the calls of f per step:
+    p+1 for the uncorrected Taylor step, max(p, 1) + p + 1 with a correction, and
+    1, 2, 4 for Euler, Heun, RK4. A call inside k nested forward accumulators
+    costs about 2^k plain calls; `examples/benchmark.py` measures the real cost.
+
+    In training mode, `remainder_weight` λ > 0 adds λ · Σ_k mean|R_k| to the
+    model's losses, R_k being the last (remainder) term of step k.
+
+    Args:
+        vector_field: Keras layer or model computing f_θ, output shaped like its
+            input. Its weights become this layer's weights. With
+            `time_dependent=True` it is called as `vector_field([x, t])`, `t` of
+            shape `(batch, 1)`.
+        order: p, the degree of the Taylor polynomial, an int in [0, 6]; the
+            remainder uses the (p+1)-th derivative. Orders above 3 work only for
+            some ops (README, "Support matrix").
+        num_steps: number of fixed steps, >= 1.
+        t_final: length of the integration interval, finite and > 0.
+        correction: `MidpointCorrection` (Γ_φ) or None.
+        remainder_weight: λ >= 0, weight of the remainder penalty.
+        time_dependent: whether f depends on t as well.
+        return_trajectory: return the states at t = 0, Δt, ..., t_final on a new
+            axis 1 instead of the final state.
+        method: "taylor_lagrange" (default), "euler", "heun" or "rk4".
+        t_initial: time at the start of the interval (time-dependent fields).
+        **kwargs: standard `keras.layers.Layer` arguments.
+
+    Example:
+
+    >>> import keras, keras_tlnode
+    >>> ode = keras_tlnode.TaylorLagrangeODE(
+    ...     keras.layers.Dense(2), order=1, num_steps=2,
+    ...     correction=keras_tlnode.MidpointCorrection(hidden_units=(16,)))
+    >>> inputs = keras.Input((2,))
+    >>> model = keras.Model(inputs, keras.layers.Dense(1)(ode(inputs)))
+    >>> model.compile("adam", "mse")
+    >>> ode.nfe
+    6
+    """
+
+    def __init__(
+        self,
+        vector_field: keras.layers.Layer,
+        order: int = 1,
+        num_steps: int = 1,
+        t_final: float = 1.0,
+        correction: MidpointCorrection | None = None,
+        remainder_weight: float = 0.0,
+        time_dependent: bool = False,
+        return_trajectory: bool = False,
+        method: str = "taylor_lagrange",
+        t_initial: float = 0.0,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        if not isinstance(vector_field, keras.layers.Layer):
+            raise TypeError(
+                f"`vector_field` must be a keras.layers.Layer or keras.Model, got {type(vector_field).__name__}."
+            )
+        if method not in METHODS:
+            raise ValueError(f"`method` must be one of {METHODS}, got {method!r}.")
+        if correction is not None and not isinstance(correction, MidpointCorrection):
+            raise TypeError(f"`correction` must be a MidpointCorrection or None, got {type(correction).__name__}.")
+        if correction is not None and method != "taylor_lagrange":
+            raise ValueError(f"`correction` only applies to method='taylor_lagrange', got method={method!r}.")
+        if isinstance(num_steps, bool) or not isinstance(num_steps, int) or num_steps < 1:
+            raise ValueError(f"`num_steps` must be an int >= 1, got {num_steps!r}.")
+        self.vector_field = vector_field
+        self.order = validate_order(order)
+        self.num_steps = num_steps
+        self.t_final = _finite_float(t_final, "t_final", positive=True)
+        self.t_initial = _finite_float(t_initial, "t_initial")
+        self.remainder_weight = _finite_float(remainder_weight, "remainder_weight", non_negative=True)
+        self.correction = correction
+        if correction is not None and correction.base_value is None:
+            correction.base_value = 1.0 / (self.order + 2)
+        self.time_dependent = bool(time_dependent)
+        self.return_trajectory = bool(return_trajectory)
+        self.method = method
+
+    @property
+    def step_size(self) -> float:
+        """Δt = t_final / num_steps."""
+        return self.t_final / self.num_steps
+
+    @property
+    def nfe(self) -> int:
+        """Calls of the vector field per call of this layer (see the class docstring)."""
+        if self.method in CLASSICAL:
+            return self.num_steps * CLASSICAL[self.method][1]
+        return self.num_steps * taylor_lagrange_evaluations(self.order, self.correction is not None)
+
+    def build(self, input_shape: tuple) -> None:
+        state_shape = tuple(input_shape[1:])
+        if not self.vector_field.built:
+            self.vector_field.build(self._field_input_shape(input_shape))
+        spec = self.vector_field.compute_output_spec(self._field_input_spec(state_shape))
+        _check_field_shape(tuple(spec.shape[1:]), state_shape)
+        if self.correction is not None and not self.correction.built:
+            self.correction.build(input_shape)
+
+    def call(self, inputs: tf.Tensor, training: bool | None = None) -> tf.Tensor:
+        _check_floating(inputs.dtype)
+        integrate = _traced_integrate(self) if tf.executing_eagerly() else self._integrate
+        states, remainder = integrate(inputs)
+        if training and self.remainder_weight > 0:
+            self.add_loss(self.remainder_weight * remainder)
+        return states
+
+    def _integrate(self, x: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        dt = self.step_size
+        if self.method in CLASSICAL:
+            scheme = CLASSICAL[self.method][0]
+        else:
+            scheme = functools.partial(taylor_lagrange_step, order=self.order, correction=self.correction)
+
+        def step(state: tf.Tensor, k: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+            t = None
+            if self.time_dependent:
+                now = self.t_initial + tf.cast(k, state.dtype) * dt
+                t = tf.fill(tf.stack([tf.shape(state)[0], 1]), now)
+            return scheme(self._field, state, t, dt)
+
+        return rollout(step, x, self.num_steps, self.return_trajectory)
+
+    def _field(self, x: tf.Tensor, t: tf.Tensor | None = None) -> tf.Tensor:
+        derivative = self.vector_field(x if t is None else [x, t])
+        _check_field_shape(tuple(derivative.shape[1:]), tuple(x.shape[1:]))
+        return derivative
+
+    def _field_input_shape(self, input_shape: tuple) -> tuple | list:
+        return [tuple(input_shape), (input_shape[0], 1)] if self.time_dependent else tuple(input_shape)
+
+    def _field_input_spec(self, state_shape: tuple) -> keras.KerasTensor | list:
+        x = keras.KerasTensor((None,) + state_shape, dtype=self.compute_dtype)
+        return [x, keras.KerasTensor((None, 1), dtype=self.compute_dtype)] if self.time_dependent else x
+
+    def compute_output_shape(self, input_shape: tuple) -> tuple:
+        if self.return_trajectory:
+            return (input_shape[0], self.num_steps + 1) + tuple(input_shape[1:])
+        return tuple(input_shape)
+
+    def compute_output_spec(self, inputs: keras.KerasTensor, training: bool | None = None) -> keras.KerasTensor:
+        _check_floating(tf.as_dtype(inputs.dtype))
+        return super().compute_output_spec(inputs)
+
+    def get_config(self) -> dict:
+        config = super().get_config()
+        config.update(
+            vector_field=keras.saving.serialize_keras_object(self.vector_field),
+            order=self.order,
+            num_steps=self.num_steps,
+            t_final=self.t_final,
+            correction=keras.saving.serialize_keras_object(self.correction),
+            remainder_weight=self.remainder_weight,
+            time_dependent=self.time_dependent,
+            return_trajectory=self.return_trajectory,
+            method=self.method,
+            t_initial=self.t_initial,
+        )
+        return config
+
+    @classmethod
+    def from_config(cls, config: dict) -> "TaylorLagrangeODE":
+        config = dict(config)
+        config["vector_field"] = keras.saving.deserialize_keras_object(config["vector_field"])
+        config["correction"] = keras.saving.deserialize_keras_object(config["correction"])
+        return cls(**config)
+
+
+_TRACED: "weakref.WeakKeyDictionary[TaylorLagrangeODE, tf.types.experimental.PolymorphicFunction]" = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _traced_integrate(layer: TaylorLagrangeODE) -> tf.types.experimental.PolymorphicFunction:
+    """`layer._integrate` as a cached tf.function, for eager calls.
+
+    Nested forward mode can be wrong eagerly (tensorflow#127753), so eager calls
+    run a graph. The cache lives outside the layer, so SavedModel export does not
+    pick it up, and holds the layer weakly.
+    """
+    if layer not in _TRACED:
+        owner = weakref.ref(layer)
+        _TRACED[layer] = tf.function(lambda x: owner()._integrate(x), autograph=False)
+    return _TRACED[layer]
+
+
+def _finite_float(value: object, name: str, positive: bool = False, non_negative: bool = False) -> float:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
+        raise ValueError(f"`{name}` must be a finite number, got {value!r}.")
+    if positive and value <= 0:
+        raise ValueError(f"`{name}` must be > 0, got {value!r}.")
+    if non_negative and value < 0:
+        raise ValueError(f"`{name}` must be >= 0, got {value!r}.")
+    return float(value)
+
+
+def _check_floating(dtype: tf.dtypes.DType) -> None:
+    if not dtype.is_floating:
+        raise TypeError(f"TaylorLagrangeODE `inputs` must have a floating dtype, got {dtype.name}.")
+
+
+def _check_field_shape(produced: tuple, state_shape: tuple) -> None:
+    if produced != state_shape:
+        raise ValueError(
+            f"`vector_field` must return a tensor shaped like its input state {state_shape} "
+            f"(per sample), got {produced}."
+        )

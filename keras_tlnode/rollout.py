@@ -1,0 +1,49 @@
+"""The fixed-step loop shared by every scheme."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import tensorflow as tf
+
+StepFn = Callable[[tf.Tensor, tf.Tensor], tuple[tf.Tensor, tf.Tensor]]
+
+
+def rollout(
+    step: StepFn, x0: tf.Tensor, num_steps: int, return_trajectory: bool
+) -> tuple[tf.Tensor, tf.Tensor]:
+    """Applies `step` `num_steps` times from `x0`.
+
+    A `tf.while_loop` keeps the graph size independent of `num_steps` and
+    compiles under XLA.
+
+    Args:
+        step: `step(x, k) -> (x_next, remainder)`, `k` the int32 step index.
+        x0: initial states, `(batch, ...)`.
+        num_steps: number of steps, >= 1.
+        return_trajectory: return all states `(batch, num_steps + 1, ...)`
+            (t = 0, Δt, ..., t_final) instead of the final state `(batch, ...)`.
+
+    Returns:
+        `(states, remainder)`, where `remainder` is the scalar Σ_k mean|R_k| of
+        the steps' Lagrange remainders.
+    """
+    trajectory = tf.TensorArray(x0.dtype, size=num_steps + 1, element_shape=x0.shape).write(0, x0)
+
+    def body(k, x, total, trajectory):
+        x_next, remainder = step(x, k)
+        total += tf.reduce_mean(tf.abs(remainder))
+        if return_trajectory:
+            trajectory = trajectory.write(k + 1, x_next)
+        return k + 1, x_next, total, trajectory
+
+    _, x, total, trajectory = tf.while_loop(
+        lambda k, *_: k < num_steps,
+        body,
+        (tf.constant(0), x0, tf.zeros((), x0.dtype), trajectory),
+        maximum_iterations=num_steps,
+    )
+    if not return_trajectory:
+        return x, total
+    states = trajectory.stack()
+    return tf.transpose(states, [1, 0] + list(range(2, len(x0.shape) + 1))), total

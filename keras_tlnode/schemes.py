@@ -1,0 +1,88 @@
+"""One-step schemes, pure functions of (field, x, t, Δt) returning (x_next, remainder).
+
+`field(x, t=None)` returns dx/dt; `t` is `None` for autonomous fields, else a
+`(batch, 1)` tensor. `remainder` is the Lagrange term of the Taylor-Lagrange step
+and zero for the classical schemes, which have none.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import tensorflow as tf
+
+from keras_tlnode.correction import MidpointCorrection
+from keras_tlnode.taylor import taylor_coefficients
+
+Field = Callable[..., tf.Tensor]
+Step = Callable[[Field, tf.Tensor, "tf.Tensor | None", float], tuple[tf.Tensor, tf.Tensor]]
+
+
+def taylor_lagrange_step(
+    field: Field,
+    x: tf.Tensor,
+    t: tf.Tensor | None,
+    dt: float,
+    order: int,
+    correction: MidpointCorrection | None,
+) -> tuple[tf.Tensor, tf.Tensor]:
+    """x + Σ_{i=1..p} Δt^i/i! · x^(i)(x) + Δt^(p+1)/(p+1)! · x^(p+1)(ξ).
+
+    With `correction=None`, ξ = x (the Taylor method of degree p+1); otherwise
+    ξ = x + Δt · Γ_φ(x) ⊙ f(x), at time t + θ̄ Δt (see `MidpointCorrection.midpoint`).
+    """
+    if correction is None:
+        coefficients = taylor_coefficients(field, x, order, t)
+        lower, top = coefficients[:order], coefficients[order]
+    else:
+        # Orders 0..p-1 at x; entry 0 is f(x), which also places ξ.
+        lower = taylor_coefficients(field, x, max(order - 1, 0), t)
+        xi, fraction = correction.midpoint(x, lower[0], dt)
+        t_xi = None if t is None else t + fraction * dt
+        top = taylor_coefficients(field, xi, order, t_xi)[order]
+        lower = lower[:order]
+    increment = tf.zeros_like(x)
+    for i in range(order):
+        increment += dt ** (i + 1) / math.factorial(i + 1) * lower[i]
+    remainder = dt ** (order + 1) / math.factorial(order + 1) * top
+    return x + increment + remainder, remainder
+
+
+def euler_step(field: Field, x: tf.Tensor, t: tf.Tensor | None, dt: float) -> tuple[tf.Tensor, tf.Tensor]:
+    """x + Δt f(x, t)."""
+    return x + dt * field(x, t), tf.zeros_like(x)
+
+
+def heun_step(field: Field, x: tf.Tensor, t: tf.Tensor | None, dt: float) -> tuple[tf.Tensor, tf.Tensor]:
+    """The explicit trapezoidal rule (second order, two evaluations)."""
+    k1 = field(x, t)
+    k2 = field(x + dt * k1, _later(t, dt))
+    return x + dt / 2 * (k1 + k2), tf.zeros_like(x)
+
+
+def rk4_step(field: Field, x: tf.Tensor, t: tf.Tensor | None, dt: float) -> tuple[tf.Tensor, tf.Tensor]:
+    """The classical fourth-order Runge-Kutta step (four evaluations)."""
+    k1 = field(x, t)
+    k2 = field(x + dt / 2 * k1, _later(t, dt / 2))
+    k3 = field(x + dt / 2 * k2, _later(t, dt / 2))
+    k4 = field(x + dt * k3, _later(t, dt))
+    return x + dt / 6 * (k1 + 2 * k2 + 2 * k3 + k4), tf.zeros_like(x)
+
+
+def _later(t: tf.Tensor | None, delta: float) -> tf.Tensor | None:
+    return None if t is None else t + delta
+
+
+CLASSICAL = {"euler": (euler_step, 1), "heun": (heun_step, 2), "rk4": (rk4_step, 4)}
+"""Classical schemes by name, with their f-evaluations per step."""
+
+
+def taylor_lagrange_evaluations(order: int, corrected: bool) -> int:
+    """Calls of f per Taylor-Lagrange step.
+
+    One nested pass of order k calls f k+1 times (each call deeper in forward
+    mode, so costlier than a plain call): p+1 calls without correction;
+    max(p, 1) at x plus p+1 at ξ with one.
+    """
+    return max(order, 1) + order + 1 if corrected else order + 1

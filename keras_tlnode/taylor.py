@@ -1,0 +1,135 @@
+"""Taylor coefficients of an ODE solution by nested forward-mode differentiation.
+
+For `dx/dt = f(x)` the solution through `x` has time derivatives
+
+    x^(1) = f(x),   x^(2) = J_f(x) f(x),   x^(i+1) = D[x^(i)](x) · f(x).
+
+Each level of a stack of `tf.autodiff.ForwardAccumulator`s differentiates the
+level inside it along the direction `f(x)`. Because every tangent `f(x)` is itself
+computed under the outer accumulators, its own dependence on `x` is
+differentiated too, so one nested pass of depth `order` yields all of
+`x^(1) .. x^(order+1)`: the lower orders are by-products of the highest one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import traceback
+from typing import Callable
+
+import keras
+import tensorflow as tf
+
+MAX_ORDER = 6
+# Nested forward mode holds for every TensorFlow op up to this depth (measured
+# on TF 2.21); deeper nests fail inside TensorFlow for some ops (README, "Support
+# matrix"), and are reported as NotImplementedError rather than raw errors.
+GUARANTEED_ORDER = 3
+
+# Errors TensorFlow's nested JVP machinery raises at depth 4-6 for ops such as
+# pow, gather and strided slices (e.g. "Cannot convert a partially known
+# TensorShape", "returned a result with an exception set").
+_NESTED_FORWARD_ERRORS = (ValueError, TypeError, IndexError, SystemError, tf.errors.OpError)
+
+VectorField = Callable[..., tf.Tensor]
+
+
+def validate_order(order: object, name: str = "order") -> int:
+    """Returns `order` if it is an int in [0, MAX_ORDER], else raises."""
+    if isinstance(order, bool) or not isinstance(order, int):
+        raise TypeError(f"`{name}` must be an int in [0, {MAX_ORDER}], got {order!r} ({type(order).__name__}).")
+    if not 0 <= order <= MAX_ORDER:
+        raise ValueError(f"`{name}` must be an int in [0, {MAX_ORDER}], got {order}.")
+    return order
+
+
+def taylor_coefficients(
+    fn: VectorField, x: tf.Tensor, order: int, t: tf.Tensor | None = None
+) -> tf.Tensor:
+    """Time derivatives `x^(1) .. x^(order+1)` of the solution of `dx/dt = fn(x)`.
+
+    Entry `i` of the result is the unnormalised (i+1)-th time derivative at the
+    point `x` (t = 0 of the local solution): entry 0 is `fn(x)`, entry 1 is
+    `J_fn(x) fn(x)`, and so on. The Taylor polynomial of the solution is
+    `x(Δt) ≈ x + Σ_i Δt^(i+1)/(i+1)! · result[i]`.
+
+    All entries come from one pass through `order` nested
+    `tf.autodiff.ForwardAccumulator`s, in which `fn` is called `order + 1` times.
+    In eager mode the pass is traced into a graph first, because nested forward
+    mode can return wrong values eagerly (tensorflow#127753).
+
+    Args:
+        fn: maps a batch of states to their time derivatives, same shape and
+            dtype as `x`. With `t`, it is called as `fn(x, t)`.
+        x: floating tensor of shape `(batch, ...)`: vectors, images, any rank.
+        order: highest derivative index to return, an int in [0, 6]. Orders 0-3
+            work for every TensorFlow op; orders 4-6 depend on the ops in `fn`
+            and raise `NotImplementedError` naming the failing line otherwise.
+        t: optional time tensor, for non-autonomous fields `dx/dt = fn(x, t)`.
+            It advances at unit rate (dt/dt = 1) and is broadcast by `fn` itself.
+
+    Returns:
+        A tensor of shape `(order + 1, *x.shape)`.
+
+    Example:
+
+    >>> A = tf.constant([[0.0, 1.0], [-1.0, 0.0]])
+    >>> c = taylor_coefficients(lambda x: x @ tf.transpose(A), tf.ones((1, 2)), 2)
+    >>> c.shape
+    TensorShape([3, 1, 2])
+    """
+    order = validate_order(order)
+    x = tf.convert_to_tensor(x)
+    if not x.dtype.is_floating:
+        raise TypeError(f"`x` must have a floating dtype, got {x.dtype.name}.")
+    if tf.executing_eagerly():
+        return tf.function(_nested_pass, autograph=False)(fn, x, order, t)
+    return _nested_pass(fn, x, order, t)
+
+
+def _nested_pass(fn: VectorField, x: tf.Tensor, order: int, t: tf.Tensor | None) -> tf.Tensor:
+    def field(state: tf.Tensor) -> tf.Tensor:
+        return fn(state) if t is None else fn(state, t)
+
+    primals = (x,) if t is None else (x, t)
+    depth = 0
+    try:
+        with contextlib.ExitStack() as stack:
+            accumulators = []
+            for depth in range(order):
+                tangents = _tangents(field(x), t)
+                accumulators.append(stack.enter_context(tf.autodiff.ForwardAccumulator(primals, tangents)))
+            depth = order
+            derivative = field(x)
+            coefficients = [derivative]
+            for accumulator in reversed(accumulators):
+                derivative = accumulator.jvp(derivative, unconnected_gradients=tf.UnconnectedGradients.ZERO)
+                coefficients.append(derivative)
+    except _NESTED_FORWARD_ERRORS as error:
+        if depth <= GUARANTEED_ORDER:
+            raise
+        raise NotImplementedError(_unsupported_message(order, depth, error)) from error
+    return tf.stack(coefficients)
+
+
+def _tangents(fx: tf.Tensor, t: tf.Tensor | None) -> tuple[tf.Tensor, ...]:
+    return (fx,) if t is None else (fx, tf.ones_like(t))
+
+
+def _unsupported_message(order: int, depth: int, error: Exception) -> str:
+    frame = _user_frame(error)
+    where = f" in `{frame.line}` ({frame.filename}:{frame.lineno})" if frame else ""
+    return (
+        f"taylor_coefficients(order={order}): TensorFlow's nested forward mode fails at depth {depth} "
+        f"for an op of the vector field{where}: {type(error).__name__}: {error}. Orders 0-{GUARANTEED_ORDER} "
+        "work for every op; at higher orders rewrite that op (e.g. `x * x` instead of `x**2`, a matmul "
+        "with a one-hot matrix instead of `tf.gather`) or lower `order` (README, 'Support matrix')."
+    )
+
+
+def _user_frame(error: Exception) -> traceback.FrameSummary | None:
+    """The innermost traceback frame outside TensorFlow, Keras and this package."""
+    library_dirs = tuple(os.path.dirname(path) for path in (tf.__file__, keras.__file__, __file__))
+    frames = [f for f in traceback.extract_tb(error.__traceback__) if not f.filename.startswith(library_dirs)]
+    return frames[-1] if frames else None
