@@ -5,7 +5,6 @@ from __future__ import annotations
 import functools
 import math
 import numbers
-import weakref
 
 import keras
 import tensorflow as tf
@@ -135,8 +134,7 @@ class TaylorLagrangeODE(keras.layers.Layer):
 
     def call(self, inputs: tf.Tensor, training: bool | None = None) -> tf.Tensor:
         _check_floating(inputs.dtype)
-        integrate = _traced_integrate(self) if tf.executing_eagerly() else self._integrate
-        states, remainder = integrate(inputs)
+        states, remainder = self._integrate(inputs)
         if training and self.remainder_weight > 0:
             self.add_loss(self.remainder_weight * remainder)
         return states
@@ -200,24 +198,6 @@ class TaylorLagrangeODE(keras.layers.Layer):
         config["vector_field"] = keras.saving.deserialize_keras_object(config["vector_field"])
         config["correction"] = keras.saving.deserialize_keras_object(config["correction"])
         return cls(**config)
-
-
-_TRACED: "weakref.WeakKeyDictionary[TaylorLagrangeODE, tf.types.experimental.PolymorphicFunction]" = (
-    weakref.WeakKeyDictionary()
-)
-
-
-def _traced_integrate(layer: TaylorLagrangeODE) -> tf.types.experimental.PolymorphicFunction:
-    """`layer._integrate` as a cached tf.function, for eager calls.
-
-    Nested forward mode can be wrong eagerly (tensorflow#127753), so eager calls
-    run a graph. The cache lives outside the layer, so SavedModel export does not
-    pick it up, and holds the layer weakly.
-    """
-    if layer not in _TRACED:
-        owner = weakref.ref(layer)
-        _TRACED[layer] = tf.function(lambda x: owner()._integrate(x), autograph=False)
-    return _TRACED[layer]
 
 
 def _finite_float(value: object, name: str, positive: bool = False, non_negative: bool = False) -> float:

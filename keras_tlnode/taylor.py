@@ -83,9 +83,7 @@ def taylor_coefficients(
     x = tf.convert_to_tensor(x)
     if not x.dtype.is_floating:
         raise TypeError(f"`x` must have a floating dtype, got {x.dtype.name}.")
-    if tf.executing_eagerly():
-        return tf.function(_nested_pass, autograph=False)(fn, x, order, t)
-    return _nested_pass(fn, x, order, t)
+    return _traced_nested_pass(fn, x, order, t)
 
 
 def _nested_pass(fn: VectorField, x: tf.Tensor, order: int, t: tf.Tensor | None) -> tf.Tensor:
@@ -111,6 +109,13 @@ def _nested_pass(fn: VectorField, x: tf.Tensor, order: int, t: tf.Tensor | None)
             raise
         raise NotImplementedError(_unsupported_message(order, depth, error)) from error
     return tf.stack(coefficients)
+
+
+# The pass always runs as its own function call, for two TensorFlow bugs: nested
+# forward mode is wrong eagerly (tensorflow#127753), and a GradientTape recording
+# it op by op inside a graph returns wrong gradients from order 2 on; the
+# gradient of a function call (built from its graph) is right in both cases.
+_traced_nested_pass = tf.function(_nested_pass, autograph=False)
 
 
 def _tangents(fx: tf.Tensor, t: tf.Tensor | None) -> tuple[tf.Tensor, ...]:
