@@ -27,7 +27,7 @@ class MidpointCorrection(keras.layers.Layer):
     where `γ₀ = base_value` defaults to 1/(p+2) for a `TaylorLagrangeODE` of
     order p, which by the mean-value expansion makes the untrained step one order
     more accurate than the plain Taylor step of degree p+1, and `N_φ` is a small
-    MLP whose output layer starts near zero, or any Keras layer you supply.
+    MLP whose output layer starts at zero, or any Keras layer you supply.
 
     Args:
         mode: "vector" or "matrix".
@@ -169,10 +169,11 @@ def _default_network(
 ) -> keras.Sequential:
     dtype = owner.dtype_policy
     hidden = [keras.layers.Dense(units, activation=activation, dtype=dtype) for units in hidden_units]
-    # Starting N_φ near zero starts Γ at γ₀, the mean-value default.
+    # A zero output layer starts Γ exactly at γ₀, the mean-value default; its
+    # kernel still gets gradients, since the hidden activations are nonzero.
     output = keras.layers.Dense(
         output_size,
-        kernel_initializer=keras.initializers.RandomNormal(stddev=1e-3),
+        kernel_initializer="zeros",
         bias_initializer="zeros",
         dtype=dtype,
     )

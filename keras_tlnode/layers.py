@@ -5,6 +5,8 @@ from __future__ import annotations
 import functools
 import math
 import numbers
+import weakref
+from typing import Callable
 
 import keras
 import tensorflow as tf
@@ -134,7 +136,8 @@ class TaylorLagrangeODE(keras.layers.Layer):
 
     def call(self, inputs: tf.Tensor, training: bool | None = None) -> tf.Tensor:
         _check_floating(inputs.dtype)
-        states, remainder = self._integrate(inputs)
+        integrate = _traced_integrate(self) if tf.executing_eagerly() else self._integrate
+        states, remainder = integrate(inputs)
         if training and self.remainder_weight > 0:
             self.add_loss(self.remainder_weight * remainder)
         return states
@@ -198,6 +201,23 @@ class TaylorLagrangeODE(keras.layers.Layer):
         config["vector_field"] = keras.saving.deserialize_keras_object(config["vector_field"])
         config["correction"] = keras.saving.deserialize_keras_object(config["correction"])
         return cls(**config)
+
+
+_TRACED: "weakref.WeakKeyDictionary[TaylorLagrangeODE, Callable]" = weakref.WeakKeyDictionary()
+
+
+def _traced_integrate(layer: TaylorLagrangeODE) -> Callable[[tf.Tensor], tuple[tf.Tensor, tf.Tensor]]:
+    """`layer._integrate` as a tf.function, cached per layer, for eager calls.
+
+    Each Taylor pass is a function call of its own (see `taylor_coefficients`);
+    tracing the whole rollout once keeps eager calls from tracing every step.
+    The cache lives outside the layer, so export never sees it, and holds the
+    layer weakly.
+    """
+    if layer not in _TRACED:
+        owner = weakref.ref(layer)
+        _TRACED[layer] = tf.function(lambda x: owner()._integrate(x), autograph=False, reduce_retracing=True)
+    return _TRACED[layer]
 
 
 def _finite_float(value: object, name: str, positive: bool = False, non_negative: bool = False) -> float:

@@ -56,8 +56,9 @@ def taylor_coefficients(
 
     All entries come from one pass through `order` nested
     `tf.autodiff.ForwardAccumulator`s, in which `fn` is called `order + 1` times.
-    In eager mode the pass is traced into a graph first, because nested forward
-    mode can return wrong values eagerly (tensorflow#127753).
+    The pass runs as a function call of its own (traced anew on each eager call;
+    wrap eager loops in `tf.function`), which keeps its values right eagerly
+    (tensorflow#127753) and its gradients right inside graphs.
 
     Args:
         fn: maps a batch of states to their time derivatives, same shape and
@@ -83,7 +84,12 @@ def taylor_coefficients(
     x = tf.convert_to_tensor(x)
     if not x.dtype.is_floating:
         raise TypeError(f"`x` must have a floating dtype, got {x.dtype.name}.")
-    return _traced_nested_pass(fn, x, order, t)
+    # The pass always runs as its own function call, for two TensorFlow bugs:
+    # nested forward mode is wrong eagerly (tensorflow#127753), and a GradientTape
+    # recording it op by op inside a graph returns wrong gradients from order 2
+    # on; the gradient of a function call, built from its graph, is right. A
+    # fresh tf.function per call holds no reference to `fn` after it returns.
+    return tf.function(_nested_pass, autograph=False)(fn, x, order, t)
 
 
 def _nested_pass(fn: VectorField, x: tf.Tensor, order: int, t: tf.Tensor | None) -> tf.Tensor:
@@ -109,13 +115,6 @@ def _nested_pass(fn: VectorField, x: tf.Tensor, order: int, t: tf.Tensor | None)
             raise
         raise NotImplementedError(_unsupported_message(order, depth, error)) from error
     return tf.stack(coefficients)
-
-
-# The pass always runs as its own function call, for two TensorFlow bugs: nested
-# forward mode is wrong eagerly (tensorflow#127753), and a GradientTape recording
-# it op by op inside a graph returns wrong gradients from order 2 on; the
-# gradient of a function call (built from its graph) is right in both cases.
-_traced_nested_pass = tf.function(_nested_pass, autograph=False)
 
 
 def _tangents(fx: tf.Tensor, t: tf.Tensor | None) -> tuple[tf.Tensor, ...]:
