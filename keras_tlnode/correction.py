@@ -101,7 +101,8 @@ class MidpointCorrection(keras.layers.Layer):
 
     def call(self, x: tf.Tensor, step_size: tf.Tensor | float | None = None) -> tf.Tensor:
         """Returns Γ_φ(x): shaped like `x` (vector) or `(batch, n, n)` (matrix)."""
-        features = tf.reshape(x, (tf.shape(x)[0], -1))
+        n = math.prod(x.shape[1:])
+        features = tf.reshape(x, (-1, n))
         if self.use_step_size:
             if step_size is None:
                 raise ValueError("MidpointCorrection(use_step_size=True) needs `step_size`.")
@@ -109,7 +110,6 @@ class MidpointCorrection(keras.layers.Layer):
             features = tf.concat([features, column], axis=-1)
         deviation = tf.cast(self.network(features), x.dtype)
         if self.mode == "matrix":
-            n = features.shape[-1] - int(self.use_step_size)
             return self.base_value * tf.eye(n, dtype=x.dtype) + tf.reshape(deviation, (-1, n, n))
         return self.base_value + tf.reshape(deviation, tf.shape(x))
 
@@ -127,7 +127,7 @@ class MidpointCorrection(keras.layers.Layer):
             fraction = tf.reduce_mean(tf.reduce_sum(gamma, axis=-1), axis=-1, keepdims=True)
         else:
             move = gamma * fx
-            fraction = tf.reduce_mean(tf.reshape(gamma, (tf.shape(x)[0], -1)), axis=-1, keepdims=True)
+            fraction = tf.reduce_mean(tf.reshape(gamma, (-1, math.prod(x.shape[1:]))), axis=-1, keepdims=True)
         return x + step_size * move, fraction
 
     def compute_output_shape(self, input_shape: tuple) -> tuple:

@@ -1,0 +1,95 @@
+"""MidpointCorrection: Γ at initialisation, the point ξ, user networks, bad input."""
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+from layer_checks import check_layer
+
+import keras_tlnode as kt
+
+X = np.array([[0.3, -0.2, 0.9], [1.0, 0.5, -0.4]], dtype="float32")
+FX = np.array([[1.0, 2.0, -1.0], [0.5, -0.5, 3.0]], dtype="float32")
+
+
+@pytest.mark.parametrize("order", [0, 1, 3])
+def test_default_gamma_starts_at_one_over_p_plus_two(order):
+    ode = kt.TaylorLagrangeODE(keras.layers.Dense(3), order=order, correction=kt.MidpointCorrection())
+    ode.build((None, 3))
+    np.testing.assert_array_equal(ode.correction(X), np.full(X.shape, 1 / (order + 2), "float32"))
+
+
+def test_matrix_gamma_starts_at_scaled_identity():
+    ode = kt.TaylorLagrangeODE(keras.layers.Dense(3), order=2, correction=kt.MidpointCorrection(mode="matrix"))
+    ode.build((None, 3))
+    expected = np.broadcast_to(np.eye(3, dtype="float32") / 4, (2, 3, 3))
+    np.testing.assert_allclose(ode.correction(X), expected, atol=1e-7)
+
+
+def _linear_network(n_in: int, n_out: int, seed: int) -> tuple[keras.layers.Dense, np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    kernel = rng.normal(size=(n_in, n_out)).astype("float32")
+    bias = rng.normal(size=(n_out,)).astype("float32")
+    dense = keras.layers.Dense(n_out)
+    dense.build((None, n_in))
+    dense.set_weights([kernel, bias])
+    return dense, kernel, bias
+
+
+def test_vector_midpoint_formula():
+    network, kernel, bias = _linear_network(3, 3, 0)
+    correction = kt.MidpointCorrection(network=network, base_value=0.25)
+    correction.build((None, 3))
+    xi, fraction = correction.midpoint(tf.constant(X), tf.constant(FX), 0.1)
+    gamma = 0.25 + X @ kernel + bias
+    np.testing.assert_allclose(xi, X + 0.1 * gamma * FX, rtol=1e-6)
+    np.testing.assert_allclose(fraction, gamma.mean(axis=1, keepdims=True), rtol=1e-6)
+
+
+def test_matrix_midpoint_formula_with_step_size_feature():
+    network, kernel, bias = _linear_network(4, 9, 1)
+    correction = kt.MidpointCorrection(mode="matrix", network=network, base_value=0.5, use_step_size=True)
+    correction.build((None, 3))
+    xi, fraction = correction.midpoint(tf.constant(X), tf.constant(FX), 0.1)
+    features = np.concatenate([X, np.full((2, 1), 0.1, "float32")], axis=1)
+    gamma = 0.5 * np.eye(3) + (features @ kernel + bias).reshape(2, 3, 3)
+    np.testing.assert_allclose(xi, X + 0.1 * np.einsum("bij,bj->bi", gamma, FX), rtol=1e-5)
+    np.testing.assert_allclose(fraction, gamma.sum(axis=2).mean(axis=1, keepdims=True), rtol=1e-5)
+
+
+@pytest.mark.parametrize("mode,n_out", [("vector", 4), ("matrix", 3)])
+def test_network_of_wrong_size_is_rejected(mode, n_out):
+    correction = kt.MidpointCorrection(mode=mode, network=keras.layers.Dense(n_out), base_value=0.3)
+    with pytest.raises(ValueError, match="n·n = 9" if mode == "matrix" else "n = 3"):
+        correction.build((None, 3))
+
+
+@pytest.mark.parametrize(
+    "kwargs,error,argument",
+    [
+        (dict(mode="diagonal"), ValueError, "mode"),
+        (dict(hidden_units=(0,)), ValueError, "hidden_units"),
+        (dict(hidden_units=(2.5,)), ValueError, "hidden_units"),
+        (dict(network="mlp"), TypeError, "network"),
+        (dict(base_value=float("nan")), ValueError, "base_value"),
+    ],
+)
+def test_bad_arguments_name_the_argument(kwargs, error, argument):
+    with pytest.raises(error, match=argument):
+        kt.MidpointCorrection(**kwargs)
+
+
+def test_matrix_mode_needs_flat_states():
+    with pytest.raises(ValueError, match="flat states"):
+        kt.TaylorLagrangeODE(
+            keras.layers.Conv2D(2, 3, padding="same"), correction=kt.MidpointCorrection(mode="matrix")
+        )(keras.Input((4, 4, 2)))
+
+
+def test_standalone_correction_needs_base_value():
+    with pytest.raises(ValueError, match="base_value"):
+        kt.MidpointCorrection().build((None, 3))
+
+
+def test_correction_layer_contract(tmp_path):
+    check_layer(lambda: kt.MidpointCorrection(hidden_units=(4,), base_value=0.3), (3,), (3,), tmp_path)
