@@ -14,6 +14,7 @@ differentiated too, so one nested pass of depth `order` yields all of
 from __future__ import annotations
 
 import contextlib
+import numbers
 import os
 import traceback
 from typing import Callable
@@ -37,11 +38,11 @@ VectorField = Callable[..., tf.Tensor]
 
 def validate_order(order: object, name: str = "order") -> int:
     """Returns `order` if it is an int in [0, MAX_ORDER], else raises."""
-    if isinstance(order, bool) or not isinstance(order, int):
+    if isinstance(order, bool) or not isinstance(order, numbers.Integral):
         raise TypeError(f"`{name}` must be an int in [0, {MAX_ORDER}], got {order!r} ({type(order).__name__}).")
     if not 0 <= order <= MAX_ORDER:
         raise ValueError(f"`{name}` must be an int in [0, {MAX_ORDER}], got {order}.")
-    return order
+    return int(order)
 
 
 def taylor_coefficients(
@@ -68,7 +69,8 @@ def taylor_coefficients(
             work for every TensorFlow op; orders 4-6 depend on the ops in `fn`
             and raise `NotImplementedError` naming the failing line otherwise.
         t: optional time tensor, for non-autonomous fields `dx/dt = fn(x, t)`.
-            It advances at unit rate (dt/dt = 1) and is broadcast by `fn` itself.
+            It advances at unit rate (dt/dt = 1) and is broadcast by `fn` itself
+            (broadcasting ops limit the order to 3, see the README).
 
     Returns:
         A tensor of shape `(order + 1, *x.shape)`.
@@ -134,6 +136,6 @@ def _unsupported_message(order: int, depth: int, error: Exception) -> str:
 
 def _user_frame(error: Exception) -> traceback.FrameSummary | None:
     """The innermost traceback frame outside TensorFlow, Keras and this package."""
-    library_dirs = tuple(os.path.dirname(path) for path in (tf.__file__, keras.__file__, __file__))
+    library_dirs = tuple(os.path.dirname(path) + os.sep for path in (tf.__file__, keras.__file__, __file__))
     frames = [f for f in traceback.extract_tb(error.__traceback__) if not f.filename.startswith(library_dirs)]
     return frames[-1] if frames else None
