@@ -1,0 +1,101 @@
+"""The teacher: a high-fidelity adaptive solve of the current vector field.
+
+Phase 2 of TL-NODE training fits Γ_φ so that the Taylor-Lagrange step matches an
+accurate solution of the same f_θ; `tfp.math.ode.DormandPrince` provides it.
+The teacher is only on the training path, never in inference or export.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable, NamedTuple
+
+import tensorflow as tf
+import tensorflow_probability as tfp
+
+Field = Callable[..., tf.Tensor]
+
+
+class TeacherSolution(NamedTuple):
+    """A teacher solve: `states` at t + Δt, `nfe` its f-evaluations, `ok` whether to trust it."""
+
+    states: tf.Tensor
+    nfe: tf.Tensor
+    ok: tf.Tensor
+
+
+class DormandPrinceTeacher:
+    """Solves dx/dt = f(x) (or f(x, t)) over one interval with tfp's DormandPrince.
+
+    The solve runs in `dtype` (float64 by default, also for float32 models: f is
+    evaluated in its own dtype and the solver's state and error control stay in
+    float64). A solve that reports a non-success status, needs more than
+    `max_num_steps` steps, or returns a non-finite state has `ok=False`.
+    `max_num_steps` is checked after the solve, because tfp's DormandPrince
+    enforces its own cap with an assertion that would abort training.
+
+    Args:
+        rtol: relative tolerance, > 0.
+        atol: absolute tolerance, > 0.
+        max_num_steps: cap on the solver's steps per solve, >= 1.
+        dtype: floating dtype the solver runs in.
+
+    Example:
+
+    >>> teacher = DormandPrinceTeacher(rtol=1e-8, atol=1e-8)
+    >>> solution = teacher.solve(lambda x: -x, tf.ones((2, 3)), 0.5)
+    >>> bool(solution.ok)
+    True
+    """
+
+    def __init__(
+        self, rtol: float = 1e-8, atol: float = 1e-8, max_num_steps: int = 2000, dtype: str = "float64"
+    ):
+        for name, value in (("rtol", rtol), ("atol", atol)):
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not (0 < value < math.inf):
+                raise ValueError(f"`{name}` must be a finite number > 0, got {value!r}.")
+        if isinstance(max_num_steps, bool) or not isinstance(max_num_steps, int) or max_num_steps < 1:
+            raise ValueError(f"`max_num_steps` must be an int >= 1, got {max_num_steps!r}.")
+        if not tf.as_dtype(dtype).is_floating:
+            raise ValueError(f"`dtype` must be a floating dtype, got {dtype!r}.")
+        self.rtol = float(rtol)
+        self.atol = float(atol)
+        self.max_num_steps = max_num_steps
+        self.dtype = tf.as_dtype(dtype)
+
+    def solve(self, field: Field, x: tf.Tensor, dt: float, t: tf.Tensor | None = None) -> TeacherSolution:
+        """The solution at Δt = `dt` from the states `x` (at times `t`, `(batch, 1)`, if given).
+
+        The whole batch is one system for the solver, so its steps follow the
+        stiffest sample; `nfe` counts the calls of `field` on that batch.
+        """
+        model_dtype = x.dtype
+
+        def ode_fn(s: tf.Tensor, y: tf.Tensor) -> tf.Tensor:
+            state = tf.cast(y, model_dtype)
+            if t is None:
+                derivative = field(state)
+            else:
+                derivative = field(state, t + tf.cast(s, model_dtype))
+            return tf.cast(derivative, self.dtype)
+
+        solver = tfp.math.ode.DormandPrince(rtol=self.rtol, atol=self.atol)
+        results = solver.solve(
+            ode_fn,
+            tf.constant(0.0, self.dtype),
+            tf.cast(tf.stop_gradient(x), self.dtype),
+            solution_times=tf.constant([dt], self.dtype),
+        )
+        states = tf.stop_gradient(tf.cast(results.states[-1], model_dtype))
+        nfe = tf.cast(results.diagnostics.num_ode_fn_evaluations, tf.int64)
+        ok = tf.reduce_all(
+            [
+                tf.equal(results.diagnostics.status, 0),
+                nfe <= self.max_num_steps * solver.ODE_FN_EVALS_PER_STEP + 2,
+                tf.reduce_all(tf.math.is_finite(states)),
+            ]
+        )
+        return TeacherSolution(states, nfe, ok)
+
+    def get_config(self) -> dict:
+        return {"rtol": self.rtol, "atol": self.atol, "max_num_steps": self.max_num_steps, "dtype": self.dtype.name}
