@@ -1,6 +1,7 @@
 """keras_tlnode: Taylor-Lagrange neural ODEs (TL-NODE) as Keras 3 layers.
 
-Public API: `taylor_coefficients`, `TaylorLagrangeODE`, `MidpointCorrection`.
+Public API: `taylor_coefficients`, `TaylorLagrangeODE`, `MidpointCorrection`,
+`TLNODEModel` and its teacher, `DormandPrinceTeacher`.
 """
 
 import keras as _keras
@@ -14,6 +15,8 @@ if _keras.backend.backend() != "tensorflow":
 from keras_tlnode.correction import MidpointCorrection  # noqa: E402
 from keras_tlnode.layers import TaylorLagrangeODE  # noqa: E402
 from keras_tlnode.taylor import taylor_coefficients  # noqa: E402
+from keras_tlnode.teacher import DormandPrinceTeacher  # noqa: E402
+from keras_tlnode.training import TLNODEModel  # noqa: E402
 
-__all__ = ["MidpointCorrection", "TaylorLagrangeODE", "taylor_coefficients"]
+__all__ = ["DormandPrinceTeacher", "MidpointCorrection", "TLNODEModel", "TaylorLagrangeODE", "taylor_coefficients"]
 __version__ = "0.1.0"

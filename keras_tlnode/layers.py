@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 import numbers
+import threading
 import weakref
-from typing import Callable
+from typing import Callable, Iterator
 
 import keras
 import tensorflow as tf
@@ -136,6 +138,7 @@ class TaylorLagrangeODE(keras.layers.Layer):
 
     def call(self, inputs: tf.Tensor, training: bool | None = None) -> tf.Tensor:
         _check_floating(inputs.dtype)
+        _record(self, inputs)
         integrate = _traced_integrate(self) if tf.executing_eagerly() else self._integrate
         states, remainder = integrate(inputs)
         if training and self.remainder_weight > 0:
@@ -143,20 +146,25 @@ class TaylorLagrangeODE(keras.layers.Layer):
         return states
 
     def _integrate(self, x: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-        dt = self.step_size
+        def step(state: tf.Tensor, k: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+            return self._step(state, self._time(state, k))
+
+        return rollout(step, x, self.num_steps, self.return_trajectory)
+
+    def _step(self, state: tf.Tensor, t: tf.Tensor | None) -> tuple[tf.Tensor, tf.Tensor]:
+        """One step of this layer's scheme from `state` at times `t`."""
         if self.method in CLASSICAL:
             scheme = CLASSICAL[self.method][0]
         else:
             scheme = functools.partial(taylor_lagrange_step, order=self.order, correction=self.correction)
+        return scheme(self._field, state, t, self.step_size)
 
-        def step(state: tf.Tensor, k: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-            t = None
-            if self.time_dependent:
-                now = self.t_initial + tf.cast(k, state.dtype) * dt
-                t = tf.fill(tf.stack([tf.shape(state)[0], 1]), now)
-            return scheme(self._field, state, t, dt)
-
-        return rollout(step, x, self.num_steps, self.return_trajectory)
+    def _time(self, state: tf.Tensor, k: tf.Tensor | int) -> tf.Tensor | None:
+        """Times `(batch, 1)` at step `k`, or None for autonomous fields."""
+        if not self.time_dependent:
+            return None
+        now = self.t_initial + tf.cast(k, state.dtype) * self.step_size
+        return tf.fill(tf.stack([tf.shape(state)[0], 1]), now)
 
     def _field(self, x: tf.Tensor, t: tf.Tensor | None = None) -> tf.Tensor:
         derivative = self.vector_field(x if t is None else [x, t])
@@ -201,6 +209,31 @@ class TaylorLagrangeODE(keras.layers.Layer):
         config["vector_field"] = keras.saving.deserialize_keras_object(config["vector_field"])
         config["correction"] = keras.saving.deserialize_keras_object(config["correction"])
         return cls(**config)
+
+
+_RECORDING = threading.local()
+
+
+@contextlib.contextmanager
+def recorded_inputs() -> Iterator[dict[TaylorLagrangeODE, tf.Tensor]]:
+    """Collects, per TaylorLagrangeODE layer, the inputs it receives inside the block.
+
+    `TLNODEModel.train_step` uses it to fit each layer's correction on the
+    states that layer actually saw. Thread-local, because tf.distribute traces
+    each replica in its own thread.
+    """
+    stack = _RECORDING.__dict__.setdefault("stack", [])
+    stack.append({})
+    try:
+        yield stack[-1]
+    finally:
+        stack.pop()
+
+
+def _record(layer: TaylorLagrangeODE, inputs: tf.Tensor) -> None:
+    stack = getattr(_RECORDING, "stack", None)
+    if stack:
+        stack[-1][layer] = inputs
 
 
 _TRACED: "weakref.WeakKeyDictionary[TaylorLagrangeODE, Callable]" = weakref.WeakKeyDictionary()
