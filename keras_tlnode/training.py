@@ -12,6 +12,9 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
+# Functional is not exported by Keras; it is the class keras.Model(inputs, outputs) builds.
+from keras.src.models.functional import Functional
+
 from keras_tlnode.layers import TaylorLagrangeODE, recorded_inputs
 from keras_tlnode.rollout import rollout
 from keras_tlnode.teacher import DormandPrinceTeacher
@@ -51,6 +54,15 @@ class TLNODEModel(keras.Model):
     >>> model.compile(optimizer="adam", loss="mse", correction_every=5)
     """
 
+    def __new__(cls, *args, **kwargs):
+        # Keras turns a Model subclass called with (inputs, outputs) into a
+        # Functional one by rewriting the class's bases for the whole process,
+        # which would break `class MyModel(TLNODEModel)` afterwards; functional
+        # TLNODEModels get a class of their own instead.
+        if cls is TLNODEModel and _functional_arguments(args, kwargs):
+            return super().__new__(FunctionalTLNODEModel)
+        return super().__new__(cls)
+
     def compile(
         self,
         optimizer="rmsprop",
@@ -88,22 +100,41 @@ class TLNODEModel(keras.Model):
             "teacher_failures": keras.metrics.Sum(name="teacher_failures"),
         }
 
+    def get_compile_config(self) -> dict | None:
+        config = super().get_compile_config()
+        if config is not None:
+            config.update(
+                correction_optimizer=keras.saving.serialize_keras_object(self.correction_optimizer),
+                correction_every=self.correction_every,
+                teacher=self.teacher.get_config(),
+            )
+        return config
+
+    def compile_from_config(self, config: dict) -> None:
+        config = dict(config)
+        config["teacher"] = DormandPrinceTeacher(**config["teacher"])
+        config["correction_optimizer"] = keras.saving.deserialize_keras_object(config["correction_optimizer"])
+        self.compile(**keras.saving.deserialize_keras_object(config))
+        if self.built:
+            self.optimizer.build(self.trainable_variables)
+
     @property
     def metrics(self) -> list[keras.metrics.Metric]:
         return super().metrics + list(getattr(self, "_tl_metrics", {}).values())
 
     def train_step(self, data):
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
+        with recorded_inputs() as inputs, tf.GradientTape() as tape:
+            y_pred = self(x, training=True)
+            loss = self.compute_loss(x=x, y=y, y_pred=y_pred, sample_weight=sample_weight, training=True)
+        # Listed after the call, which creates a subclassed model's weights.
         tl_layers = _tl_layers(self)
+        remainder = tf.add_n([tf.zeros(())] + [tf.cast(t, tf.float32) for l in tl_layers for t in l.losses])
         corrected = [layer for layer in tl_layers if layer.correction is not None]
         correction_variables = [v for layer in corrected for v in layer.correction.trainable_variables]
         correction_ids = {id(v) for v in correction_variables}
         dynamics_variables = [v for v in self.trainable_variables if id(v) not in correction_ids]
-
-        with recorded_inputs() as inputs, tf.GradientTape() as tape:
-            y_pred = self(x, training=True)
-            loss = self.compute_loss(x=x, y=y, y_pred=y_pred, sample_weight=sample_weight, training=True)
-            remainder = tf.add_n([tf.zeros(())] + [tf.cast(t, tf.float32) for l in tl_layers for t in l.losses])
+        self._build_optimizers(dynamics_variables, correction_variables)
         if dynamics_variables:
             gradients = tape.gradient(loss, dynamics_variables)
             self.optimizer.apply_gradients(zip(gradients, dynamics_variables))
@@ -117,6 +148,15 @@ class TLNODEModel(keras.Model):
         if corrected and correction_variables:
             self._correction_phase(corrected, inputs, correction_variables)
         return self.compute_metrics(x, y, y_pred, sample_weight=sample_weight)
+
+    def _build_optimizers(self, dynamics_variables: list, correction_variables: list) -> None:
+        """Creates both optimizers' state outside the traced step (a subclassed model's
+        weights exist only once it has been called), and each on its own variables."""
+        with tf.init_scope():
+            if not self.optimizer.built:
+                self.optimizer.build(dynamics_variables)
+            if correction_variables and not self.correction_optimizer.built:
+                self.correction_optimizer.build(correction_variables)
 
     def _correction_phase(
         self,
@@ -177,6 +217,18 @@ class TLNODEModel(keras.Model):
 
     def _correction_step(self, gradients: list, variables: list[tf.Variable]) -> None:
         self.correction_optimizer.apply_gradients(zip(gradients, variables))
+
+
+@keras.saving.register_keras_serializable(package="keras_tlnode", name="FunctionalTLNODEModel")
+class FunctionalTLNODEModel(Functional, TLNODEModel):
+    """A TLNODEModel built the functional way, `TLNODEModel(inputs, outputs)`."""
+
+    def __init__(self, inputs, outputs, name: str | None = None, **kwargs):
+        Functional.__init__(self, inputs, outputs, name=name, **kwargs)
+
+
+def _functional_arguments(args: tuple, kwargs: dict) -> bool:
+    return len(args) == 2 or (len(args) == 1 and "outputs" in kwargs) or ("inputs" in kwargs and "outputs" in kwargs)
 
 
 def _local_fit(

@@ -1,0 +1,238 @@
+"""TLNODEModel: the alternating schedule, known-dynamics training, teacher failures, distribution."""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import keras
+import numpy as np
+import pytest
+
+import keras_tlnode as kt
+
+P = np.array([[3.0, 1.0], [1.0, -2.0]])
+STIFF = np.linalg.inv(P) @ np.diag([-1000.0, -1.0]) @ P
+
+
+def propagator(matrix: np.ndarray, dt: float) -> np.ndarray:
+    """expm(matrix · dt) by eigendecomposition (the matrices here are diagonalisable)."""
+    values, vectors = np.linalg.eig(matrix)
+    return (vectors @ np.diag(np.exp(values * dt)) @ np.linalg.inv(vectors)).real
+
+
+def stiff_pairs(n: int, dt: float, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    x = np.random.default_rng(seed).uniform(-0.5, 0.5, (n, 2)).astype("float32")
+    return x, (x @ propagator(STIFF, dt).T).astype("float32")
+
+
+def frozen_linear_field(matrix: np.ndarray) -> keras.layers.Dense:
+    field = keras.layers.Dense(2, use_bias=False, trainable=False)
+    field.build((None, 2))
+    field.set_weights([matrix.T.astype("float32")])
+    return field
+
+
+def tl_model(field, dt, correction_every=1, **compile_kwargs):
+    inputs = keras.Input((2,))
+    ode = kt.TaylorLagrangeODE(field, order=1, t_final=dt, correction=kt.MidpointCorrection(hidden_units=(16,)))
+    model = kt.TLNODEModel(inputs, ode(inputs))
+    compile_kwargs.setdefault("correction_optimizer", keras.optimizers.Adam(1e-2))
+    model.compile(optimizer="adam", loss="mse", correction_every=correction_every, **compile_kwargs)
+    return model, ode
+
+
+def test_known_dynamics_correction_beats_plain_taylor_fivefold():
+    """The paper's first experiment: f frozen to the true stiff A, fit trains only Γ."""
+    keras.utils.set_random_seed(0)
+    dt = 0.002
+    x, y = stiff_pairs(2000, dt)
+    field = frozen_linear_field(STIFF)
+    model, ode = tl_model(field, dt)
+    dynamics_before = field.get_weights()
+    history = model.fit(x, y, batch_size=200, epochs=10, verbose=0)
+    x_test, y_test = stiff_pairs(500, dt, seed=1)
+    corrected = np.mean((model.predict(x_test, verbose=0) - y_test) ** 2)
+    plain = np.mean((kt.TaylorLagrangeODE(field, order=1, t_final=dt)(x_test).numpy() - y_test) ** 2)
+    assert corrected * 5 < plain
+    np.testing.assert_array_equal(field.get_weights()[0], dynamics_before[0])
+    assert history.history["teacher_failures"][-1] == 0
+    assert history.history["correction_loss"][-1] < history.history["correction_loss"][0]
+    assert set(history.history) >= {"loss", "remainder", "correction_loss", "nfe", "teacher_nfe", "teacher_failures"}
+    assert history.history["nfe"][-1] == ode.nfe == 3
+
+
+def _weights(layer):
+    return [w.copy() for w in layer.get_weights()]
+
+
+def test_correction_phase_runs_every_n_steps_and_only_on_corrections():
+    keras.utils.set_random_seed(1)
+    x, y = stiff_pairs(64, 0.01)
+    model, ode = tl_model(keras.layers.Dense(2), 0.01, correction_every=3)
+    correction = _weights(ode.correction)
+    changes = []
+    for _ in range(6):
+        field_before = _weights(ode.vector_field)
+        model.train_on_batch(x[:16], y[:16])
+        after = _weights(ode.correction)
+        changes.append(any(not np.array_equal(a, b) for a, b in zip(correction, after)))
+        correction = after
+        assert any(not np.array_equal(a, b) for a, b in zip(field_before, _weights(ode.vector_field)))
+    assert changes == [False, False, True, False, False, True]
+    assert int(model.correction_optimizer.iterations) == 2
+    assert int(model.optimizer.iterations) == 6
+
+
+def test_model_without_correction_trains_like_a_plain_keras_model():
+    x, y = stiff_pairs(64, 0.01)
+
+    def train(model_class):
+        keras.utils.set_random_seed(2)
+        inputs = keras.Input((2,))
+        ode = kt.TaylorLagrangeODE(keras.layers.Dense(2), method="rk4", t_final=0.01)
+        model = model_class(inputs, ode(inputs))
+        model.compile(optimizer="adam", loss="mse")
+        model.fit(x, y, batch_size=16, epochs=2, verbose=0, shuffle=False)
+        return model.get_weights()
+
+    for ours, plain in zip(train(kt.TLNODEModel), train(keras.Model)):
+        np.testing.assert_allclose(ours, plain, rtol=1e-6, atol=1e-7)
+
+
+def test_teacher_failure_skips_the_update_and_is_counted():
+    keras.utils.set_random_seed(3)
+    x, y = stiff_pairs(64, 0.01)
+    model, ode = tl_model(keras.layers.Dense(2), 0.01, teacher=kt.DormandPrinceTeacher(max_num_steps=1))
+    correction = _weights(ode.correction)
+    history = model.fit(x, y, batch_size=16, epochs=1, verbose=0)
+    assert history.history["teacher_failures"] == [4.0]
+    assert history.history["correction_loss"] == [0.0]
+    for before, after in zip(correction, _weights(ode.correction)):
+        np.testing.assert_array_equal(before, after)
+    assert int(model.correction_optimizer.iterations) == 0
+    assert np.isfinite(history.history["loss"][0])
+
+
+def test_evaluate_and_predict_never_call_the_teacher():
+    x, y = stiff_pairs(32, 0.01)
+    model, _ = tl_model(keras.layers.Dense(2), 0.01)
+
+    def fail(*args, **kwargs):
+        raise AssertionError("the teacher was called outside training")
+
+    model.teacher.solve = fail
+    model.evaluate(x, y, verbose=0)
+    model.predict(x, verbose=0)
+
+
+def test_nested_and_several_tl_layers_all_get_corrected():
+    keras.utils.set_random_seed(4)
+    x = np.random.default_rng(0).normal(size=(64, 3)).astype("float32")
+    y = (x[:, :1] > 0).astype("float32")
+
+    first = kt.TaylorLagrangeODE(keras.layers.Dense(4, activation="tanh"), correction=kt.MidpointCorrection())
+    second = kt.TaylorLagrangeODE(keras.layers.Dense(4), order=2, correction=kt.MidpointCorrection(mode="matrix"))
+    inner_inputs = keras.Input((4,))
+    block = keras.Model(inner_inputs, second(inner_inputs), name="block")
+    inputs = keras.Input((3,))
+    hidden = first(keras.layers.Dense(4)(inputs))
+    outputs = keras.layers.Dense(1, activation="sigmoid")(block(hidden))
+    model = kt.TLNODEModel(inputs, outputs)
+    model.compile(optimizer="adam", loss="binary_crossentropy", correction_every=1)
+    before = [_weights(first.correction), _weights(second.correction)]
+    history = model.fit(x, y, batch_size=16, epochs=2, verbose=0)
+    after = [_weights(first.correction), _weights(second.correction)]
+    for old, new in zip(before, after):
+        assert any(not np.array_equal(a, b) for a, b in zip(old, new))
+    assert history.history["nfe"][-1] == first.nfe + second.nfe
+
+
+def test_subclassed_tlnode_model():
+    class Classifier(kt.TLNODEModel):
+        def __init__(self):
+            super().__init__()
+            self.encoder = keras.layers.Dense(3)
+            self.ode = kt.TaylorLagrangeODE(
+                keras.layers.Dense(3, activation="tanh"), correction=kt.MidpointCorrection(), remainder_weight=0.1
+            )
+            self.head = keras.layers.Dense(1)
+
+        def call(self, x):
+            return self.head(self.ode(self.encoder(x)))
+
+    keras.utils.set_random_seed(5)
+    x = np.random.default_rng(1).normal(size=(64, 4)).astype("float32")
+    y = x[:, :1] - x[:, 1:2]
+    model = Classifier()
+    model.compile(optimizer=keras.optimizers.Adam(1e-2), loss="mse", correction_every=2)
+    history = model.fit(x, y, batch_size=16, epochs=8, verbose=0)
+    assert history.history["loss"][-1] < 0.7 * history.history["loss"][0]
+    assert history.history["remainder"][-1] > 0
+    assert history.history["correction_loss"][-1] > 0
+
+
+@pytest.mark.parametrize(
+    "kwargs,error,argument",
+    [
+        (dict(correction_every=0), ValueError, "correction_every"),
+        (dict(correction_every=1.5), ValueError, "correction_every"),
+        (dict(teacher="dopri5"), TypeError, "teacher"),
+    ],
+)
+def test_bad_compile_arguments_name_the_argument(kwargs, error, argument):
+    inputs = keras.Input((2,))
+    model = kt.TLNODEModel(inputs, kt.TaylorLagrangeODE(keras.layers.Dense(2))(inputs))
+    with pytest.raises(error, match=argument):
+        model.compile(optimizer="adam", loss="mse", **kwargs)
+
+
+MIRRORED_SCRIPT = textwrap.dedent(
+    """
+    import json, sys
+    import numpy as np
+    import tensorflow as tf
+    cpu = tf.config.list_physical_devices("CPU")[0]
+    tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+    import keras
+    import keras_tlnode as kt
+
+    rng = np.random.default_rng(0)
+    x = rng.uniform(-0.5, 0.5, (64, 2)).astype("float32")
+    y = (x * 0.9).astype("float32")
+
+    def build():
+        keras.utils.set_random_seed(0)
+        ode = kt.TaylorLagrangeODE(
+            keras.layers.Dense(2), t_final=0.1, correction=kt.MidpointCorrection(hidden_units=(4,)),
+            remainder_weight=0.01)
+        inputs = keras.Input((2,))
+        model = kt.TLNODEModel(inputs, ode(inputs))
+        model.compile(optimizer=keras.optimizers.SGD(0.1), loss="mse", correction_every=2,
+                      correction_optimizer=keras.optimizers.SGD(0.1))
+        return model
+
+    single = build()
+    single_history = single.fit(x, y, batch_size=16, epochs=2, verbose=0, shuffle=False).history
+    with tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"]).scope():
+        mirrored = build()
+    mirrored_history = mirrored.fit(x, y, batch_size=16, epochs=2, verbose=0, shuffle=False).history
+    json.dump({
+        "weight_gap": max(float(np.abs(a - b).max()) for a, b in zip(single.get_weights(), mirrored.get_weights())),
+        "correction_steps": [int(single.correction_optimizer.iterations.numpy()), int(mirrored.correction_optimizer.iterations.numpy())],
+        "loss": [single_history["loss"], mirrored_history["loss"]],
+    }, sys.stdout)
+    """
+)
+
+
+def test_mirrored_strategy_matches_single_device():
+    """Two logical CPUs; needs its own process, since devices are fixed when TensorFlow starts."""
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    run = subprocess.run([sys.executable, "-c", MIRRORED_SCRIPT], capture_output=True, text=True, env=env, timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    result = json.loads(run.stdout.strip().splitlines()[-1])
+    assert result["weight_gap"] < 1e-6
+    assert result["correction_steps"] == [4, 4]
+    np.testing.assert_allclose(result["loss"][0], result["loss"][1], rtol=1e-5)
