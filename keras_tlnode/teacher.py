@@ -71,26 +71,31 @@ class DormandPrinceTeacher:
         """
         model_dtype = x.dtype
 
-        def ode_fn(s: tf.Tensor, y: tf.Tensor) -> tf.Tensor:
-            state = tf.cast(y, model_dtype)
-            if t is None:
-                derivative = field(state)
-            else:
-                derivative = field(state, t + tf.cast(s, model_dtype))
-            return tf.cast(derivative, self.dtype)
+        def ode_fn(s: tf.Tensor, state: tuple[tf.Tensor, tf.Tensor]) -> tuple[tf.Tensor, tf.Tensor]:
+            y, _ = state
+            current = tf.cast(y, model_dtype)
+            derivative = field(current) if t is None else field(current, t + tf.cast(s, model_dtype))
+            # A non-finite f makes DormandPrince reject every step and never
+            # return; the solve goes on with f = 0 instead, and a second state
+            # component, growing at unit rate while f is non-finite, flags it.
+            finite = tf.reduce_all(tf.math.is_finite(derivative))
+            derivative = tf.where(finite, tf.cast(derivative, self.dtype), tf.zeros_like(y))
+            return derivative, tf.where(finite, tf.constant(0.0, self.dtype), tf.constant(1.0, self.dtype))
 
         solver = tfp.math.ode.DormandPrince(rtol=self.rtol, atol=self.atol)
         results = solver.solve(
             ode_fn,
             tf.constant(0.0, self.dtype),
-            tf.cast(tf.stop_gradient(x), self.dtype),
+            (tf.cast(tf.stop_gradient(x), self.dtype), tf.constant(0.0, self.dtype)),
             solution_times=tf.constant([dt], self.dtype),
         )
-        states = tf.stop_gradient(tf.cast(results.states[-1], model_dtype))
+        final, blown_up = results.states[0][-1], results.states[1][-1]
+        states = tf.stop_gradient(tf.cast(final, model_dtype))
         nfe = tf.cast(results.diagnostics.num_ode_fn_evaluations, tf.int64)
         ok = tf.reduce_all(
             [
                 tf.equal(results.diagnostics.status, 0),
+                tf.equal(blown_up, 0.0),
                 nfe <= self.max_num_steps * solver.ODE_FN_EVALS_PER_STEP + 2,
                 tf.reduce_all(tf.math.is_finite(states)),
             ]

@@ -99,6 +99,8 @@ class TLNODEModel(keras.Model):
             "teacher_nfe": keras.metrics.Mean(name="teacher_nfe"),
             "teacher_failures": keras.metrics.Sum(name="teacher_failures"),
         }
+        if self.built:
+            self._build_optimizers()
 
     def get_compile_config(self) -> dict | None:
         config = super().get_compile_config()
@@ -111,12 +113,9 @@ class TLNODEModel(keras.Model):
         return config
 
     def compile_from_config(self, config: dict) -> None:
-        config = dict(config)
-        config["teacher"] = DormandPrinceTeacher(**config["teacher"])
-        config["correction_optimizer"] = keras.saving.deserialize_keras_object(config["correction_optimizer"])
-        self.compile(**keras.saving.deserialize_keras_object(config))
-        if self.built:
-            self.optimizer.build(self.trainable_variables)
+        config = keras.saving.deserialize_keras_object(config)
+        teacher = DormandPrinceTeacher(**config.pop("teacher"))
+        self.compile(teacher=teacher, **config)
 
     @property
     def metrics(self) -> list[keras.metrics.Metric]:
@@ -131,10 +130,10 @@ class TLNODEModel(keras.Model):
         tl_layers = _tl_layers(self)
         remainder = tf.add_n([tf.zeros(())] + [tf.cast(t, tf.float32) for l in tl_layers for t in l.losses])
         corrected = [layer for layer in tl_layers if layer.correction is not None]
-        correction_variables = [v for layer in corrected for v in layer.correction.trainable_variables]
+        correction_variables = _correction_variables(self)
         correction_ids = {id(v) for v in correction_variables}
         dynamics_variables = [v for v in self.trainable_variables if id(v) not in correction_ids]
-        self._build_optimizers(dynamics_variables, correction_variables)
+        self._build_optimizers()
         if dynamics_variables:
             gradients = tape.gradient(loss, dynamics_variables)
             self.optimizer.apply_gradients(zip(gradients, dynamics_variables))
@@ -149,12 +148,19 @@ class TLNODEModel(keras.Model):
             self._correction_phase(corrected, inputs, correction_variables)
         return self.compute_metrics(x, y, y_pred, sample_weight=sample_weight)
 
-    def _build_optimizers(self, dynamics_variables: list, correction_variables: list) -> None:
-        """Creates both optimizers' state outside the traced step (a subclassed model's
-        weights exist only once it has been called), and each on its own variables."""
+    def _build_optimizers(self) -> None:
+        """Creates both optimizers' state outside any traced step.
+
+        The main optimizer is built on every trainable variable, as Keras builds
+        it when it loads a checkpoint or a backup, so that saved states match;
+        phase 1 then updates only the dynamics. Called from `compile` for built
+        models and from the first traced step otherwise (a subclassed model's
+        weights exist only once it has been called).
+        """
         with tf.init_scope():
             if not self.optimizer.built:
-                self.optimizer.build(dynamics_variables)
+                self.optimizer.build(self.trainable_variables)
+            correction_variables = _correction_variables(self)
             if correction_variables and not self.correction_optimizer.built:
                 self.correction_optimizer.build(correction_variables)
 
@@ -247,6 +253,12 @@ def _local_fit(
     prediction, _ = layer._step(flat, times)
     loss = tf.reduce_mean(tf.square(prediction - target.states))
     return loss, target.ok, target.nfe
+
+
+def _correction_variables(model: keras.Model) -> list:
+    """The trainable weights of every correction of the model's TL layers."""
+    layers = [layer for layer in _tl_layers(model) if layer.correction is not None]
+    return [v for layer in layers for v in layer.correction.trainable_variables]
 
 
 def _tl_layers(model: keras.Model) -> list[TaylorLagrangeODE]:
