@@ -236,3 +236,32 @@ def test_mirrored_strategy_matches_single_device():
     assert result["weight_gap"] < 1e-6
     assert result["correction_steps"] == [4, 4]
     np.testing.assert_allclose(result["loss"][0], result["loss"][1], rtol=1e-5)
+
+
+def test_jit_compile_matches_graph_training():
+    """XLA gives the same training; it is slow here (README: XLA recompiles per batch)."""
+    x, y = stiff_pairs(48, 0.01)
+
+    def train(jit_compile):
+        keras.utils.set_random_seed(6)
+        inputs = keras.Input((2,))
+        ode = kt.TaylorLagrangeODE(
+            keras.layers.Dense(2), t_final=0.01, correction=kt.MidpointCorrection(hidden_units=(4,)), remainder_weight=0.1
+        )
+        model = kt.TLNODEModel(inputs, ode(inputs))
+        model.compile(
+            optimizer=keras.optimizers.SGD(0.1),
+            loss="mse",
+            correction_every=2,
+            correction_optimizer=keras.optimizers.SGD(0.1),
+            jit_compile=jit_compile,
+        )
+        history = model.fit(x, y, batch_size=16, epochs=1, verbose=0, shuffle=False)
+        return model, history.history
+
+    graph, graph_history = train(False)
+    xla, xla_history = train(True)
+    assert int(xla.correction_optimizer.iterations.numpy()) == 1
+    for a, b in zip(graph.get_weights(), xla.get_weights()):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(graph_history["loss"], xla_history["loss"], rtol=1e-5)

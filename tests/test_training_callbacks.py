@@ -1,0 +1,460 @@
+"""TLNODEModel with Keras's training callbacks, input pipelines and steps_per_execution.
+
+Every test trains the same tiny model: a 2-state linear ODE (f_θ = Dense(2)),
+one Taylor-Lagrange step of order 1 over t_final = 0.05 with a small
+MidpointCorrection, on 64 samples of the exact flow of a stable linear system.
+With batch 16 an epoch is 4 steps, and with `correction_every=2` 2 of them also
+run the correction phase (on main-optimizer iterations 2 and 4).
+
+At Δt = 0.05 the order-1 Taylor-Lagrange step is already accurate to about
+float32 round-off, so the correction gradients are ~1e-13: with Adam's default
+ε = 1e-7 a correction step would move the correction weights by ~1e-9, too
+little for a weight comparison to tell whether it ran. The correction
+optimizer uses ε = 1e-16, which makes each correction step move them by about
+its learning rate.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import keras_tlnode as kt
+
+A = np.array([[-1.0, 2.0], [-2.0, -1.0]])  # eigenvalues -1 ± 2i: a stable spiral
+T_FINAL = 0.05
+SAMPLES = 64
+BATCH = 16
+STEPS_PER_EPOCH = SAMPLES // BATCH
+CORRECTION_EVERY = 2
+EPOCHS = 4
+LEARNING_RATE = 1e-2
+CORRECTION_LEARNING_RATE = 5e-3  # differs from LEARNING_RATE, to tell the optimizers apart
+CORRECTION_EPSILON = 1e-16  # see the module docstring
+
+
+def _expm(matrix: np.ndarray) -> np.ndarray:
+    values, vectors = np.linalg.eig(matrix)
+    return np.real(vectors @ np.diag(np.exp(values)) @ np.linalg.inv(vectors))
+
+
+def _data(nan_batch: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(0)
+    x = rng.uniform(-0.5, 0.5, (SAMPLES, 2)).astype("float32")
+    y = (x @ _expm(A * T_FINAL).T).astype("float32")
+    if nan_batch is not None:
+        y[nan_batch * BATCH : (nan_batch + 1) * BATCH] = np.nan
+    return x, y
+
+
+def _model(seed: int = 0, steps_per_execution: int = 1) -> kt.TLNODEModel:
+    keras.utils.set_random_seed(seed)
+    inputs = keras.Input((2,))
+    ode = kt.TaylorLagrangeODE(
+        keras.layers.Dense(2),
+        order=1,
+        t_final=T_FINAL,
+        correction=kt.MidpointCorrection(hidden_units=(4,)),
+        remainder_weight=1e-2,
+    )
+    model = kt.TLNODEModel(inputs, ode(inputs))
+    model.compile(
+        optimizer=keras.optimizers.Adam(LEARNING_RATE),
+        loss="mse",
+        correction_optimizer=keras.optimizers.Adam(CORRECTION_LEARNING_RATE, epsilon=CORRECTION_EPSILON),
+        correction_every=CORRECTION_EVERY,
+        steps_per_execution=steps_per_execution,
+    )
+    return model
+
+
+def _fit(model: keras.Model, x, y=None, epochs: int = EPOCHS, **kwargs) -> keras.callbacks.History:
+    if isinstance(x, np.ndarray):
+        kwargs.setdefault("batch_size", BATCH)
+    return model.fit(x, y, epochs=epochs, shuffle=False, verbose=0, **kwargs)
+
+
+def _ode(model: keras.Model) -> kt.TaylorLagrangeODE:
+    return next(layer for layer in model.layers if isinstance(layer, kt.TaylorLagrangeODE))
+
+
+def _correction_weights(model: keras.Model) -> list[np.ndarray]:
+    return [np.array(w) for w in _ode(model).correction.get_weights()]
+
+
+def _state(model: keras.Model) -> dict:
+    """Everything a resumed run has to get back: weights and both optimizers' states."""
+    return {
+        "weights": [np.array(w) for w in model.get_weights()],
+        "iterations": int(model.optimizer.iterations),
+        "optimizer": [np.array(v) for v in model.optimizer.variables],
+        "correction_iterations": int(model.correction_optimizer.iterations),
+        "correction_optimizer": [np.array(v) for v in model.correction_optimizer.variables],
+    }
+
+
+def _assert_weights_close(actual: list, expected: list, atol: float = 1e-6) -> None:
+    assert len(actual) == len(expected)
+    for a, e in zip(actual, expected):
+        np.testing.assert_allclose(a, e, rtol=1e-6, atol=atol)
+
+
+def _assert_optimizer_state_equal(actual: list, expected: list, name: str) -> None:
+    assert len(actual) == len(expected), (
+        f"{name}: {len(actual)} variables after the restore, {len(expected)} in the interrupted run"
+    )
+    for i, (a, e) in enumerate(zip(actual, expected)):
+        np.testing.assert_allclose(a, e, rtol=1e-6, atol=1e-7, err_msg=f"{name} variable {i}")
+
+
+@pytest.fixture(scope="module")
+def reference() -> dict:
+    """The uninterrupted run every equivalence test compares with: NumPy input, one step per execution."""
+    model = _model()
+    x, y = _data()
+    _fit(model, x, y)
+    state = _state(model)
+    # The run really trained both parts, on the schedule the module docstring states.
+    assert state["iterations"] == EPOCHS * STEPS_PER_EPOCH
+    assert state["correction_iterations"] == EPOCHS * STEPS_PER_EPOCH // CORRECTION_EVERY
+    initial = _correction_weights(_model())
+    assert max(np.abs(a - b).max() for a, b in zip(_correction_weights(model), initial)) > 1e-3
+    return state
+
+
+# --- ModelCheckpoint -----------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory) -> dict:
+    """One training run with three ModelCheckpoints: best-only `.keras`, every-epoch `.keras` and `.weights.h5`."""
+    directory = tmp_path_factory.mktemp("checkpoints")
+    paths = {name: directory / name for name in ("best.keras", "last.keras", "last.weights.h5")}
+    model = _model()
+    x, y = _data()
+    snapshots = []
+    history = _fit(
+        model,
+        x,
+        y,
+        callbacks=[
+            keras.callbacks.ModelCheckpoint(paths["best.keras"], monitor="loss", save_best_only=True),
+            keras.callbacks.ModelCheckpoint(paths["last.keras"]),
+            keras.callbacks.ModelCheckpoint(paths["last.weights.h5"], save_weights_only=True),
+            keras.callbacks.LambdaCallback(on_epoch_end=lambda epoch, logs: snapshots.append(model.get_weights())),
+        ],
+    )
+    best = int(np.argmin(history.history["loss"]))
+    return {"model": model, "paths": paths, "best_weights": snapshots[best], "x": x}
+
+
+def _predict_with(weights: list, x: np.ndarray) -> np.ndarray:
+    model = _model(seed=1)
+    model.set_weights(weights)
+    return model.predict(x, verbose=0)
+
+
+def test_model_checkpoint_best_only_saves_the_best_epoch(checkpoints):
+    path = checkpoints["paths"]["best.keras"]
+    assert path.exists()
+    fresh = _model(seed=1)
+    fresh.load_weights(path)
+    _assert_weights_close(fresh.get_weights(), checkpoints["best_weights"], atol=0)
+
+
+def test_model_checkpoint_best_only_reloads_as_a_tlnode_model(checkpoints):
+    x = checkpoints["x"]
+    restored = keras.models.load_model(checkpoints["paths"]["best.keras"])
+    assert isinstance(restored, kt.TLNODEModel)
+    _assert_weights_close(restored.get_weights(), checkpoints["best_weights"], atol=0)
+    np.testing.assert_allclose(
+        restored.predict(x, verbose=0), _predict_with(checkpoints["best_weights"], x), rtol=1e-6, atol=1e-7
+    )
+
+
+def test_model_checkpoint_reload_keeps_the_correction_settings(checkpoints):
+    restored = keras.models.load_model(checkpoints["paths"]["last.keras"])
+    assert restored.correction_every == CORRECTION_EVERY
+    assert isinstance(restored.correction_optimizer, keras.optimizers.Adam)
+    np.testing.assert_allclose(float(restored.correction_optimizer.learning_rate), CORRECTION_LEARNING_RATE)
+    np.testing.assert_allclose(float(restored.optimizer.learning_rate), LEARNING_RATE)
+
+
+def test_model_checkpoint_reload_keeps_both_optimizer_states(checkpoints):
+    """Keras rebuilds `optimizer` on all trainable variables when it loads, and
+    must find `correction_optimizer` built, or it skips their saved states."""
+    model = checkpoints["model"]
+    restored = keras.models.load_model(checkpoints["paths"]["last.keras"])
+    assert int(restored.optimizer.iterations) == int(model.optimizer.iterations) == EPOCHS * STEPS_PER_EPOCH
+    assert int(restored.correction_optimizer.iterations) == int(model.correction_optimizer.iterations)
+    _assert_optimizer_state_equal(
+        [np.array(v) for v in restored.optimizer.variables],
+        [np.array(v) for v in model.optimizer.variables],
+        "optimizer",
+    )
+    _assert_optimizer_state_equal(
+        [np.array(v) for v in restored.correction_optimizer.variables],
+        [np.array(v) for v in model.correction_optimizer.variables],
+        "correction_optimizer",
+    )
+
+
+def test_model_checkpoint_weights_only_round_trip(checkpoints):
+    model, x = checkpoints["model"], checkpoints["x"]
+    path = checkpoints["paths"]["last.weights.h5"]
+    assert path.exists()
+    fresh = _model(seed=1)
+    assert any(not np.allclose(a, b) for a, b in zip(fresh.get_weights(), model.get_weights()))
+    fresh.load_weights(path)
+    _assert_weights_close(fresh.get_weights(), model.get_weights(), atol=0)
+    np.testing.assert_allclose(fresh.predict(x, verbose=0), model.predict(x, verbose=0), rtol=1e-6, atol=1e-7)
+
+
+# --- EarlyStopping, learning-rate callbacks, TensorBoard -----------------------------------------
+
+
+def test_early_stopping_stops_training():
+    x, y = _data()
+    model = _model()
+    # Only the first epoch can improve on +inf by more than min_delta.
+    stop = keras.callbacks.EarlyStopping(monitor="loss", patience=0, min_delta=1e3)
+    history = _fit(model, x, y, callbacks=[stop])
+    assert len(history.history["loss"]) == 2 < EPOCHS
+    assert stop.stopped_epoch == 1
+    assert int(model.optimizer.iterations) == 2 * STEPS_PER_EPOCH
+
+
+@pytest.mark.parametrize(
+    "make_callback",
+    [
+        pytest.param(
+            lambda: keras.callbacks.LearningRateScheduler(lambda epoch, lr: LEARNING_RATE * 0.5**epoch), id="scheduler"
+        ),
+        # Every epoch after the first fails to improve by min_delta, and halves the rate.
+        pytest.param(
+            lambda: keras.callbacks.ReduceLROnPlateau(
+                monitor="loss", factor=0.5, patience=0, min_delta=1e3, min_lr=0.0
+            ),
+            id="plateau",
+        ),
+    ],
+)
+def test_learning_rate_callbacks_act_on_the_main_optimizer_only(make_callback):
+    x, y = _data()
+    model = _model()
+    rates = []
+    record = keras.callbacks.LambdaCallback(
+        on_epoch_end=lambda epoch, logs: rates.append(
+            (float(model.optimizer.learning_rate), float(model.correction_optimizer.learning_rate))
+        )
+    )
+    _fit(model, x, y, epochs=3, callbacks=[make_callback(), record])
+    main, correction = np.array(rates).T
+    np.testing.assert_allclose(main, [LEARNING_RATE, LEARNING_RATE / 2, LEARNING_RATE / 4], rtol=1e-6)
+    np.testing.assert_allclose(correction, [CORRECTION_LEARNING_RATE] * 3, rtol=1e-6)
+    # The correction optimizer did run, at its own rate.
+    assert int(model.correction_optimizer.iterations) == 3 * STEPS_PER_EPOCH // CORRECTION_EVERY
+
+
+def test_tensorboard_writes_the_tl_metrics(tmp_path):
+    pytest.importorskip("tensorboard", reason="keras.callbacks.TensorBoard needs the tensorboard package")
+    x, y = _data()
+    model = _model()
+    _fit(model, x, y, epochs=2, callbacks=[keras.callbacks.TensorBoard(log_dir=str(tmp_path))])
+    files = sorted((tmp_path / "train").glob("events.out.tfevents.*"))
+    assert files
+    scalars: dict[str, list[float]] = {}
+    for record in tf.data.TFRecordDataset([str(f) for f in files]):
+        event = tf.compat.v1.Event.FromString(record.numpy())
+        for value in event.summary.value:
+            scalars.setdefault(value.tag, []).append(float(tf.make_ndarray(value.tensor)))
+    tags = ("epoch_loss", "epoch_remainder", "epoch_correction_loss", "epoch_teacher_nfe", "epoch_teacher_failures")
+    for tag in tags:
+        assert len(scalars.get(tag, [])) == 2, (tag, sorted(scalars))
+    assert all(v > 0 for v in scalars["epoch_teacher_nfe"])
+    assert scalars["epoch_teacher_failures"] == [0.0, 0.0]
+
+
+# --- TerminateOnNaN ------------------------------------------------------------------------------
+
+
+def test_terminate_on_nan_stops_training_without_touching_the_corrections():
+    # NaN targets in the first batch: its dynamics update is NaN; no correction step is due yet.
+    x, y = _data(nan_batch=0)
+    model = _model()
+    initial = _correction_weights(model)
+    history = _fit(model, x, y, callbacks=[keras.callbacks.TerminateOnNaN()])
+    assert len(history.history["loss"]) == 1 < EPOCHS
+    assert np.isnan(history.history["loss"][0])
+    assert int(model.optimizer.iterations) == 1
+    assert not np.isfinite(_ode(model).vector_field.get_weights()[0]).all()
+    assert int(model.correction_optimizer.iterations) == 0
+    _assert_weights_close(_correction_weights(model), initial, atol=0)
+
+
+def nan_on_a_correction_step(marker: str) -> dict:
+    """NaN targets in batch 1, the first step on which the correction phase is due; with TerminateOnNaN.
+
+    The dynamics weights turn NaN on that step, before its correction phase, so
+    the teacher sees a NaN vector field: the correction update must be skipped.
+    The test below runs it in a subprocess, so that a teacher that never returns
+    on a non-finite field fails that test instead of hanging the run; it touches
+    `marker` when the fit starts.
+    """
+    x, y = _data(nan_batch=1)
+    model = _model()
+    initial = _correction_weights(model)
+    open(marker, "w").close()
+    history = _fit(model, x, y, callbacks=[keras.callbacks.TerminateOnNaN()])
+    final = _correction_weights(model)
+    return {
+        "epochs": len(history.history["loss"]),
+        "iterations": int(model.optimizer.iterations),
+        "correction_iterations": int(model.correction_optimizer.iterations),
+        "teacher_failures": float(history.history["teacher_failures"][0]),
+        "corrections_finite": all(bool(np.isfinite(w).all()) for w in final),
+        "corrections_unchanged": all(bool(np.array_equal(a, b)) for a, b in zip(final, initial)),
+    }
+
+
+FIT_TIMEOUT = 15.0  # seconds from the start of the fit; a healthy one takes 2-3 s
+
+
+def test_nan_on_a_correction_step_skips_the_correction_update(tmp_path):
+    tests = os.path.dirname(os.path.abspath(__file__))
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (tests, env.get("PYTHONPATH")) if p)
+    marker, out, err = tmp_path / "fitting", tmp_path / "stdout", tmp_path / "stderr"
+    script = (
+        "import json, sys, test_training_callbacks as t\n"
+        "print(json.dumps(t.nan_on_a_correction_step(sys.argv[1])))"
+    )
+    with open(out, "w") as stdout, open(err, "w") as stderr:
+        process = subprocess.Popen(
+            [sys.executable, "-c", script, str(marker)], cwd=tests, env=env, stdout=stdout, stderr=stderr
+        )
+        start, fit_start = time.monotonic(), None
+        while process.poll() is None:
+            now = time.monotonic()
+            if fit_start is None and marker.exists():
+                fit_start = now
+            if now - (fit_start or start) > (FIT_TIMEOUT if fit_start else 120.0):
+                process.kill()
+                process.wait()
+                pytest.fail(f"fit() still running {FIT_TIMEOUT:.0f} s after it started: it hangs on the NaN dynamics")
+            time.sleep(0.1)
+    assert process.returncode == 0, err.read_text()[-3000:]
+    result = json.loads(out.read_text().strip().splitlines()[-1])
+    assert result["epochs"] == 1 < EPOCHS
+    assert result["iterations"] == 2
+    assert result["teacher_failures"] == 1.0
+    assert result["correction_iterations"] == 0
+    assert result["corrections_finite"]
+    assert result["corrections_unchanged"]
+
+
+# --- BackupAndRestore ----------------------------------------------------------------------------
+
+
+class _Interrupted(Exception):
+    pass
+
+
+class _InterruptAtEpochEnd(keras.callbacks.Callback):
+    def __init__(self, epoch: int):
+        super().__init__()
+        self.epoch = epoch
+        self.state: dict | None = None
+
+    def on_epoch_end(self, epoch, logs=None):
+        if epoch == self.epoch:
+            self.state = _state(self.model)
+            raise _Interrupted()
+
+
+class _StateAtTrainBegin(keras.callbacks.Callback):
+    """Listed after BackupAndRestore, it sees the state that callback restored."""
+
+    def on_train_begin(self, logs=None):
+        self.state = _state(self.model)
+
+
+@pytest.fixture(scope="module")
+def backup_runs(tmp_path_factory) -> dict:
+    """A run interrupted at the end of epoch 1 of 4, then resumed from its backup by a fresh model."""
+    backup_dir = str(tmp_path_factory.mktemp("backup"))
+    x, y = _data()
+    interrupt = _InterruptAtEpochEnd(1)
+    with pytest.raises(_Interrupted):
+        _fit(_model(), x, y, callbacks=[keras.callbacks.BackupAndRestore(backup_dir), interrupt])
+
+    resumed = _model()
+    restored = _StateAtTrainBegin()
+    history = _fit(resumed, x, y, callbacks=[keras.callbacks.BackupAndRestore(backup_dir), restored])
+    return {
+        "interrupted": interrupt.state,
+        "restored": restored.state,
+        "final": _state(resumed),
+        "epochs_run": history.epoch,
+    }
+
+
+def test_backup_and_restore_resumes_weights_and_epoch(backup_runs):
+    assert backup_runs["epochs_run"] == [2, 3]
+    assert backup_runs["interrupted"]["iterations"] == 2 * STEPS_PER_EPOCH
+    _assert_weights_close(backup_runs["restored"]["weights"], backup_runs["interrupted"]["weights"], atol=0)
+
+
+def test_backup_and_restore_restores_the_main_optimizer_and_phase_counter(backup_runs):
+    """The main optimizer's iterations also schedule the correction phase."""
+    restored, interrupted = backup_runs["restored"], backup_runs["interrupted"]
+    assert restored["iterations"] == interrupted["iterations"]
+    _assert_optimizer_state_equal(restored["optimizer"], interrupted["optimizer"], "optimizer")
+
+
+def test_backup_and_restore_restores_the_correction_optimizer(backup_runs):
+    restored, interrupted = backup_runs["restored"], backup_runs["interrupted"]
+    assert interrupted["correction_iterations"] == 2 * STEPS_PER_EPOCH // CORRECTION_EVERY
+    assert restored["correction_iterations"] == interrupted["correction_iterations"]
+    _assert_optimizer_state_equal(
+        restored["correction_optimizer"], interrupted["correction_optimizer"], "correction_optimizer"
+    )
+
+
+def test_backup_and_restore_matches_an_uninterrupted_run(backup_runs, reference):
+    final = backup_runs["final"]
+    assert final["iterations"] == reference["iterations"]
+    assert final["correction_iterations"] == reference["correction_iterations"]
+    _assert_weights_close(final["weights"], reference["weights"])
+
+
+# --- steps_per_execution and tf.data ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("steps_per_execution", [3, 4])
+def test_steps_per_execution_matches_one_step_per_execution(steps_per_execution, reference):
+    # 3 does not divide the 4 steps of an epoch, so the correction steps fall at varying positions.
+    model = _model(steps_per_execution=steps_per_execution)
+    _fit(model, *_data())
+    state = _state(model)
+    assert state["iterations"] == reference["iterations"]
+    assert state["correction_iterations"] == reference["correction_iterations"]
+    _assert_weights_close(state["weights"], reference["weights"])
+
+
+def test_tf_data_input_matches_numpy_input(reference):
+    x, y = _data()
+    model = _model()
+    _fit(model, tf.data.Dataset.from_tensor_slices((x, y)).batch(BATCH))
+    state = _state(model)
+    assert state["iterations"] == reference["iterations"]
+    assert state["correction_iterations"] == reference["correction_iterations"]
+    _assert_weights_close(state["weights"], reference["weights"])
