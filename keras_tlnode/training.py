@@ -131,7 +131,7 @@ class TLNODEModel(keras.Model):
             loss = self.compute_loss(x=x, y=y, y_pred=y_pred, sample_weight=sample_weight, training=True)
         # Listed after the call, which creates a subclassed model's weights.
         tl_layers = _tl_layers(self)
-        remainder = tf.add_n([tf.zeros(())] + [tf.cast(t, tf.float32) for l in tl_layers for t in l.losses])
+        remainder = tf.add_n([tf.zeros(())] + [tf.cast(term, tf.float32) for layer in tl_layers for term in layer.losses])
         corrected = [layer for layer in tl_layers if layer.correction is not None]
         correction_variables = _correction_variables(self)
         correction_ids = {id(v) for v in correction_variables}
