@@ -1,7 +1,8 @@
 """keras_tlnode: Taylor-Lagrange neural ODEs (TL-NODE) as Keras 3 layers.
 
 Public API: `taylor_coefficients`, `TaylorLagrangeODE`, `MidpointCorrection`,
-`TLNODEModel` and its teacher, `DormandPrinceTeacher`.
+`TLNODEModel` and its teacher, `DormandPrinceTeacher`, and `export_saved_model`
+for serving.
 """
 
 import keras as _keras
@@ -13,10 +14,18 @@ if _keras.backend.backend() != "tensorflow":
     )
 
 from keras_tlnode.correction import MidpointCorrection  # noqa: E402
+from keras_tlnode.export import export_saved_model  # noqa: E402
 from keras_tlnode.layers import TaylorLagrangeODE  # noqa: E402
 from keras_tlnode.taylor import taylor_coefficients  # noqa: E402
 from keras_tlnode.teacher import DormandPrinceTeacher  # noqa: E402
 from keras_tlnode.training import TLNODEModel  # noqa: E402
 
-__all__ = ["DormandPrinceTeacher", "MidpointCorrection", "TLNODEModel", "TaylorLagrangeODE", "taylor_coefficients"]
+__all__ = [
+    "DormandPrinceTeacher",
+    "MidpointCorrection",
+    "TLNODEModel",
+    "TaylorLagrangeODE",
+    "export_saved_model",
+    "taylor_coefficients",
+]
 __version__ = "0.1.0"

@@ -274,3 +274,8 @@ def _check_field_shape(produced: tuple, state_shape: tuple) -> None:
             f"`vector_field` must return a tensor shaped like its input state {state_shape} "
             f"(per sample), got {produced}."
         )
+
+
+def tl_layers(model: keras.layers.Layer) -> list[TaylorLagrangeODE]:
+    """Every TaylorLagrangeODE inside `model`, however deeply nested, once each."""
+    return [layer for layer in model._flatten_layers(include_self=False, recursive=True) if isinstance(layer, TaylorLagrangeODE)]

@@ -28,22 +28,23 @@ def rollout(
         `(states, remainder)`, where `remainder` is the scalar Σ_k mean|R_k| of
         the steps' Lagrange remainders.
     """
-    trajectory = tf.TensorArray(x0.dtype, size=num_steps + 1, element_shape=x0.shape).write(0, x0)
-
-    def body(k, x, total, trajectory):
+    def body(k, x, total, *trajectory):
         x_next, remainder = step(x, k)
         total += tf.reduce_mean(tf.abs(remainder))
-        if return_trajectory:
-            trajectory = trajectory.write(k + 1, x_next)
-        return k + 1, x_next, total, trajectory
+        # The TensorArray exists only for trajectories: in the final-state graph
+        # it would be dead weight, and it blocks TFLite conversion with a dynamic batch.
+        return (k + 1, x_next, total) + tuple(states.write(k + 1, x_next) for states in trajectory)
 
-    _, x, total, trajectory = tf.while_loop(
+    trajectory = ()
+    if return_trajectory:
+        trajectory = (tf.TensorArray(x0.dtype, size=num_steps + 1, element_shape=x0.shape).write(0, x0),)
+    _, x, total, *trajectory = tf.while_loop(
         lambda k, *_: k < num_steps,
         body,
-        (tf.constant(0), x0, tf.zeros((), x0.dtype), trajectory),
+        (tf.constant(0), x0, tf.zeros((), x0.dtype)) + trajectory,
         maximum_iterations=num_steps,
     )
     if not return_trajectory:
         return x, total
-    states = trajectory.stack()
+    states = trajectory[0].stack()
     return tf.transpose(states, [1, 0] + list(range(2, len(x0.shape) + 1))), total

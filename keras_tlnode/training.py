@@ -15,7 +15,7 @@ import tensorflow as tf
 # Functional is not exported by Keras; it is the class keras.Model(inputs, outputs) builds.
 from keras.src.models.functional import Functional
 
-from keras_tlnode.layers import TaylorLagrangeODE, recorded_inputs
+from keras_tlnode.layers import TaylorLagrangeODE, recorded_inputs, tl_layers
 from keras_tlnode.rollout import rollout
 from keras_tlnode.teacher import DormandPrinceTeacher
 
@@ -130,9 +130,9 @@ class TLNODEModel(keras.Model):
             y_pred = self(x, training=True)
             loss = self.compute_loss(x=x, y=y, y_pred=y_pred, sample_weight=sample_weight, training=True)
         # Listed after the call, which creates a subclassed model's weights.
-        tl_layers = _tl_layers(self)
-        remainder = tf.add_n([tf.zeros(())] + [tf.cast(term, tf.float32) for layer in tl_layers for term in layer.losses])
-        corrected = [layer for layer in tl_layers if layer.correction is not None]
+        ode_layers = tl_layers(self)
+        remainder = tf.add_n([tf.zeros(())] + [tf.cast(term, tf.float32) for layer in ode_layers for term in layer.losses])
+        corrected = [layer for layer in ode_layers if layer.correction is not None]
         correction_variables = _correction_variables(self)
         correction_ids = {id(v) for v in correction_variables}
         dynamics_variables = [v for v in self.trainable_variables if id(v) not in correction_ids]
@@ -146,7 +146,7 @@ class TLNODEModel(keras.Model):
         replicas = tf.distribute.get_strategy().num_replicas_in_sync
         self._loss_tracker.update_state(loss * replicas, sample_weight=batch)
         self._tl_metrics["remainder"].update_state(remainder)
-        self._tl_metrics["nfe"].update_state(float(sum(layer.nfe for layer in tl_layers)))
+        self._tl_metrics["nfe"].update_state(float(sum(layer.nfe for layer in ode_layers)))
         if corrected and correction_variables:
             self._correction_phase(corrected, inputs, correction_variables)
         return self.compute_metrics(x, y, y_pred, sample_weight=sample_weight)
@@ -263,10 +263,5 @@ def _local_fit(
 
 def _correction_variables(model: keras.Model) -> list:
     """The trainable weights of every correction of the model's TL layers."""
-    layers = [layer for layer in _tl_layers(model) if layer.correction is not None]
+    layers = [layer for layer in tl_layers(model) if layer.correction is not None]
     return [v for layer in layers for v in layer.correction.trainable_variables]
-
-
-def _tl_layers(model: keras.Model) -> list[TaylorLagrangeODE]:
-    """Every TaylorLagrangeODE in `model`, however deeply nested, once each."""
-    return [layer for layer in model._flatten_layers(include_self=False, recursive=True) if isinstance(layer, TaylorLagrangeODE)]

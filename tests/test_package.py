@@ -13,6 +13,7 @@ def test_public_api_is_exactly_the_documented_names():
         "MidpointCorrection",
         "TLNODEModel",
         "TaylorLagrangeODE",
+        "export_saved_model",
         "taylor_coefficients",
     ]
     for name in keras_tlnode.__all__:

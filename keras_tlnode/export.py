@@ -1,0 +1,195 @@
+"""Export for serving: a TensorFlow SavedModel that holds the inference path only.
+
+`model.export(path)` (Keras's own export) works for models whose TL layers have
+orders 0-3. `export_saved_model` writes the same kind of SavedModel and adds
+what Keras's export cannot do for a TL-NODE:
+
+- a `"trajectory"` endpoint, the states of the model's `TaylorLagrangeODE` at
+  t = 0, Δt, ..., t_final, next to the usual `"serve"` endpoint;
+- orders 4-6 with a dynamic batch size (`chunk_size`): outside a GradientTape,
+  TensorFlow's nested forward mode fails at depth 4 and more whenever the batch
+  size is unknown at trace time, so the model is run on fixed-size chunks of
+  the batch;
+- one trace of the model per endpoint, where `model.export` traces it three
+  times (its cost grows like 2^order).
+"""
+
+from __future__ import annotations
+
+import os
+
+import keras
+import tensorflow as tf
+from keras.src.export.export_utils import get_input_signature, make_tf_tensor_spec
+
+from keras_tlnode.layers import TaylorLagrangeODE, tl_layers
+from keras_tlnode.taylor import GUARANTEED_ORDER
+
+SERVE = "serve"
+TRAJECTORY = "trajectory"
+
+
+def export_saved_model(
+    model: keras.Model,
+    filepath: str | os.PathLike,
+    *,
+    trajectory: bool | TaylorLagrangeODE = False,
+    input_signature: list | None = None,
+    chunk_size: int | None = None,
+) -> None:
+    """Writes `model` as a TensorFlow SavedModel for serving (TF Serving, `tf.saved_model.load`).
+
+    The SavedModel holds the inference path only (`training=False`; no teacher,
+    optimizer or loss) and loads without Keras or `keras_tlnode`. Its endpoints,
+    each also a signature of the same name:
+
+    - `"serve"`, also the `"serving_default"` signature: `model(x, training=False)`.
+    - `"trajectory"`, with `trajectory=True`: the states of the model's
+      `TaylorLagrangeODE` at t = 0, Δt, ..., t_final, shape
+      `(batch, num_steps + 1, *state_shape)`, integrated from the states that the
+      layer receives inside the model (the model's inputs, if nothing comes
+      before it); layers after it are not applied.
+
+    Args:
+        model: a built `keras.Model` (functional, `Sequential`, `TLNODEModel` or a
+            subclass that has been called).
+        filepath: directory to write, e.g. `"models/tlnode/1"`, the versioned
+            layout TF Serving expects.
+        trajectory: `True` for the model's only `TaylorLagrangeODE`, or the layer
+            whose trajectory to serve. Needs a functional or `Sequential` model,
+            in which the layer is called once.
+        input_signature: list of `tf.TensorSpec` (or `keras.InputSpec`), as in
+            `model.export`; default: the model's inputs with a dynamic batch size.
+        chunk_size: run the model on chunks of exactly this many samples (the
+            last one padded), one chunk after the other, inside the served
+            function, so that every tensor has a static shape. Needed for TL
+            layers of order 4 and more with a dynamic batch size; padded rows
+            cost time, so pick about the usual request size. Single-input
+            models whose output is one tensor of the input's dtype, shaped
+            `(batch, ...)`, only.
+
+    Raises:
+        ValueError: for an unbuilt model, a TL layer of order >= 4 with a dynamic
+            batch and no `chunk_size`, or a `trajectory` that cannot be served.
+
+    Example:
+
+        keras_tlnode.export_saved_model(model, "served/1", trajectory=True)
+        served = tf.saved_model.load("served/1")     # elsewhere: no Keras needed
+        final, states = served.serve(x), served.trajectory(x)
+    """
+    if not isinstance(model, keras.Model):
+        raise TypeError(f"`model` must be a keras.Model, got {type(model).__name__}.")
+    if not model.built:
+        raise ValueError("The model must be built (called once, or built with `keras.Input`) before export.")
+    if chunk_size is not None and (isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1):
+        raise ValueError(f"`chunk_size` must be an int >= 1 or None, got {chunk_size!r}.")
+    signature = keras.tree.map_structure(make_tf_tensor_spec, list(input_signature or get_input_signature(model)))
+    layers = tl_layers(model)
+    _check_batch(layers, signature, chunk_size)
+
+    callables = {SERVE: model}
+    if trajectory is not False:
+        callables[TRAJECTORY] = _trajectory_model(model, layers, trajectory)
+
+    root = tf.__internal__.tracking.AutoTrackable()
+    root.variables = list(model.variables)
+    root.trainable_variables = list(model.trainable_variables)
+    root.non_trainable_variables = list(model.non_trainable_variables)
+    signatures = {}
+    for name, resource in callables.items():
+        function = _serving_function(resource, chunk_size)
+        # One trace per endpoint: saving concrete functions does not retrace,
+        # while saving a tf.function retraces it in the save context.
+        concrete = tf.function(function, input_signature=signature, autograph=False).get_concrete_function()
+        setattr(root, name, concrete)
+        signatures[name] = concrete
+    signatures["serving_default"] = signatures[SERVE]
+    # The tf.Variables the functions capture (inside Keras's variables) must be
+    # tracked themselves: TF Serving and other session-based loaders restore
+    # only tracked variables, and `tf.saved_model.load` alone would not notice.
+    root._captured_variables = _captured_variables(signatures.values())
+    tf.saved_model.save(root, os.fspath(filepath), signatures=signatures)
+
+
+def _captured_variables(functions) -> list[tf.Variable]:
+    found = {}
+    for function in functions:
+        for variable in function.variables:
+            found.setdefault(id(variable), variable)
+    return list(found.values())
+
+
+def _check_batch(layers: list[TaylorLagrangeODE], signature: list[tf.TensorSpec], chunk_size: int | None) -> None:
+    """Orders >= 4 cannot be traced with an unknown batch size (README, "Serving")."""
+    deep = [layer for layer in layers if layer.method == "taylor_lagrange" and layer.order > GUARANTEED_ORDER]
+    dynamic = any(spec.shape.rank and spec.shape[0] is None for spec in tf.nest.flatten(signature))
+    if chunk_size is not None:
+        single = len(signature) == 1 and isinstance(signature[0], tf.TensorSpec)
+        if not single or not signature[0].shape.rank or not signature[0].shape[1:].is_fully_defined():
+            raise ValueError(
+                "`chunk_size` needs a model with one input tensor of a fully defined shape besides the batch "
+                f"axis, got the input signature {signature}."
+            )
+    elif deep and dynamic:
+        names = ", ".join(f"{layer.name} (order {layer.order})" for layer in deep)
+        raise ValueError(
+            f"TensorFlow's nested forward mode fails from order {GUARANTEED_ORDER + 1} on when the batch size is "
+            f"unknown at inference trace time, which a dynamic-batch signature makes it: {names}. Pass `chunk_size` "
+            "(the model then runs on fixed-size chunks of the batch) or an `input_signature` with a fixed batch size."
+        )
+
+
+def _trajectory_model(
+    model: keras.Model, layers: list[TaylorLagrangeODE], trajectory: bool | TaylorLagrangeODE
+) -> keras.Model:
+    """A model from `model`'s inputs to the trajectory of one of its TL layers, sharing its weights."""
+    if trajectory is True:
+        if len(layers) != 1:
+            raise ValueError(
+                f"`trajectory=True` needs a model with exactly one TaylorLagrangeODE, found {len(layers)}; "
+                "pass the layer itself as `trajectory`."
+            )
+        layer = layers[0]
+    elif isinstance(trajectory, TaylorLagrangeODE):
+        if not any(trajectory is candidate for candidate in layers):
+            raise ValueError(f"`trajectory`: the layer {trajectory.name!r} is not part of the model.")
+        layer = trajectory
+    else:
+        raise TypeError(f"`trajectory` must be a bool or a TaylorLagrangeODE of the model, got {trajectory!r}.")
+    try:
+        # A Sequential model has one input and no `input` of its own.
+        inputs = model.inputs[0] if isinstance(model, keras.Sequential) else model.input
+        state = layer.input
+    except (AttributeError, ValueError, IndexError, TypeError) as error:
+        raise ValueError(
+            "The trajectory endpoint needs a functional or Sequential model in which the TaylorLagrangeODE "
+            f"is called once (what feeds the layer must be known): {error}"
+        ) from error
+    # The same vector field and correction objects, so the same weights; only
+    # the output changes. remainder_weight only acts in training.
+    config = layer.get_config()
+    config.update(
+        vector_field=layer.vector_field,
+        correction=layer.correction,
+        return_trajectory=True,
+        remainder_weight=0.0,
+        name=f"{layer.name}_trajectory",
+    )
+    twin = TaylorLagrangeODE(**config)
+    return keras.Model(inputs, twin(state), name=f"{model.name}_{TRAJECTORY}")
+
+
+def _serving_function(resource: keras.Model, chunk_size: int | None):
+    if chunk_size is None:
+        return lambda *args: resource(*args, training=False)
+
+    def chunked(x: tf.Tensor) -> tf.Tensor:
+        count = tf.shape(x)[0]
+        padding = (chunk_size - count % chunk_size) % chunk_size
+        padded = tf.pad(x, [[0, padding]] + [[0, 0]] * (x.shape.rank - 1))
+        chunks = tf.reshape(padded, [-1, chunk_size] + x.shape[1:].as_list())
+        outputs = tf.map_fn(lambda chunk: resource(chunk, training=False), chunks)
+        return tf.reshape(outputs, [-1] + outputs.shape[2:].as_list())[:count]
+
+    return chunked
