@@ -139,17 +139,18 @@ class TaylorLagrangeODE(keras.layers.Layer):
     def call(self, inputs: tf.Tensor, training: bool | None = None) -> tf.Tensor:
         _check_floating(inputs.dtype)
         _record(self, inputs)
+        penalise = bool(training) and self.remainder_weight > 0
         integrate = _traced_integrate(self) if tf.executing_eagerly() else self._integrate
-        states, remainder = integrate(inputs)
-        if training and self.remainder_weight > 0:
+        states, remainder = integrate(inputs, penalise)
+        if penalise:
             self.add_loss(self.remainder_weight * remainder)
         return states
 
-    def _integrate(self, x: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+    def _integrate(self, x: tf.Tensor, penalise: bool) -> tuple[tf.Tensor, tf.Tensor]:
         def step(state: tf.Tensor, k: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
             return self._step(state, self._time(state, k))
 
-        return rollout(step, x, self.num_steps, self.return_trajectory)
+        return rollout(step, x, self.num_steps, self.return_trajectory, sum_remainders=penalise)
 
     def _step(self, state: tf.Tensor, t: tf.Tensor | None) -> tuple[tf.Tensor, tf.Tensor]:
         """One step of this layer's scheme from `state` at times `t`."""
@@ -239,7 +240,7 @@ def _record(layer: TaylorLagrangeODE, inputs: tf.Tensor) -> None:
 _TRACED: "weakref.WeakKeyDictionary[TaylorLagrangeODE, Callable]" = weakref.WeakKeyDictionary()
 
 
-def _traced_integrate(layer: TaylorLagrangeODE) -> Callable[[tf.Tensor], tuple[tf.Tensor, tf.Tensor]]:
+def _traced_integrate(layer: TaylorLagrangeODE) -> Callable[[tf.Tensor, bool], tuple[tf.Tensor, tf.Tensor]]:
     """`layer._integrate` as a tf.function, cached per layer, for eager calls.
 
     Each Taylor pass is a function call of its own (see `taylor_coefficients`);
@@ -249,7 +250,7 @@ def _traced_integrate(layer: TaylorLagrangeODE) -> Callable[[tf.Tensor], tuple[t
     """
     if layer not in _TRACED:
         owner = weakref.ref(layer)
-        _TRACED[layer] = tf.function(lambda x: owner()._integrate(x), autograph=False, reduce_retracing=True)
+        _TRACED[layer] = tf.function(lambda x, penalise: owner()._integrate(x, penalise), autograph=False, reduce_retracing=True)
     return _TRACED[layer]
 
 

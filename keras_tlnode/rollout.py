@@ -10,7 +10,7 @@ StepFn = Callable[[tf.Tensor, tf.Tensor], tuple[tf.Tensor, tf.Tensor]]
 
 
 def rollout(
-    step: StepFn, x0: tf.Tensor, num_steps: int, return_trajectory: bool
+    step: StepFn, x0: tf.Tensor, num_steps: int, return_trajectory: bool, sum_remainders: bool = False
 ) -> tuple[tf.Tensor, tf.Tensor]:
     """Applies `step` `num_steps` times from `x0`.
 
@@ -23,14 +23,17 @@ def rollout(
         num_steps: number of steps, >= 1.
         return_trajectory: return all states `(batch, num_steps + 1, ...)`
             (t = 0, Δt, ..., t_final) instead of the final state `(batch, ...)`.
+        sum_remainders: accumulate the remainder penalty; only training needs
+            it, so inference and export graphs leave it out.
 
     Returns:
         `(states, remainder)`, where `remainder` is the scalar Σ_k mean|R_k| of
-        the steps' Lagrange remainders.
+        the steps' Lagrange remainders (zero unless `sum_remainders`).
     """
     def body(k, x, total, *trajectory):
         x_next, remainder = step(x, k)
-        total += tf.reduce_mean(tf.abs(remainder))
+        if sum_remainders:
+            total += tf.reduce_mean(tf.abs(remainder))
         # The TensorArray exists only for trajectories: in the final-state graph
         # it would be dead weight, and it blocks TFLite conversion with a dynamic batch.
         return (k + 1, x_next, total) + tuple(states.write(k + 1, x_next) for states in trajectory)

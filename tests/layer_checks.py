@@ -2,7 +2,8 @@
 
 `check_layer` asserts, for a layer factory and an input shape: the symbolic and
 eager output shapes (dynamic batch), the config round trip, the `.keras` round
-trip of a model holding the layer, and that `fit` lowers a loss.
+trip of a model holding the layer; it returns the loss of a small `fit`
+before and after training, for the caller to assert that it went down.
 """
 
 from __future__ import annotations
@@ -19,8 +20,11 @@ def check_layer(
     input_shape: tuple[int, ...],
     output_shape: tuple[int, ...],
     tmp_path: os.PathLike,
-) -> None:
-    """Runs every shared check; `input_shape`/`output_shape` exclude the batch axis."""
+) -> tuple[float, float]:
+    """Runs every shared check; `input_shape`/`output_shape` exclude the batch axis.
+
+    Returns the (before, after) loss of 20 epochs of `fit` on a small problem.
+    """
     layer = make_layer()
     inputs = keras.Input(input_shape)
     outputs = layer(inputs)
@@ -37,7 +41,7 @@ def check_layer(
     x = rng.uniform(-0.5, 0.5, (16,) + input_shape).astype("float32")
     _check_config_round_trip(layer, x)
     _check_saved_model_round_trip(model, x, tmp_path)
-    _check_fit_lowers_loss(make_layer, x, output_shape)
+    return _fit_losses(make_layer, x, output_shape)
 
 
 def _check_config_round_trip(layer: keras.layers.Layer, x: np.ndarray) -> None:
@@ -58,13 +62,13 @@ def _check_saved_model_round_trip(model: keras.Model, x: np.ndarray, tmp_path: o
     np.testing.assert_allclose(loaded.predict(x, verbose=0), model.predict(x, verbose=0), rtol=1e-6, atol=1e-7)
 
 
-def _check_fit_lowers_loss(
+def _fit_losses(
     make_layer: Callable[[], keras.layers.Layer], x: np.ndarray, output_shape: tuple[int, ...]
-) -> None:
+) -> tuple[float, float]:
     keras.utils.set_random_seed(1)
     model = keras.Sequential([keras.Input(x.shape[1:]), make_layer()])
     target = 0.5 * np.tanh(np.resize(x, (len(x),) + output_shape)).astype("float32")
     model.compile(keras.optimizers.Adam(1e-2), "mse")
     before = model.evaluate(x, target, verbose=0)
     model.fit(x, target, epochs=20, batch_size=8, verbose=0)
-    assert model.evaluate(x, target, verbose=0) < 0.9 * before
+    return before, model.evaluate(x, target, verbose=0)

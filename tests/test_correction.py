@@ -92,4 +92,7 @@ def test_standalone_correction_needs_base_value():
 
 
 def test_correction_layer_contract(tmp_path):
-    check_layer(lambda: kt.MidpointCorrection(hidden_units=(4,), base_value=0.3), (3,), (3,), tmp_path)
+    loss_before, loss_after = check_layer(
+        lambda: kt.MidpointCorrection(hidden_units=(4,), base_value=0.3), (3,), (3,), tmp_path
+    )
+    assert loss_after < 0.9 * loss_before
