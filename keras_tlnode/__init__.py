@@ -1,8 +1,8 @@
 """keras_tlnode: Taylor-Lagrange neural ODEs (TL-NODE) as Keras 3 layers.
 
 Public API: `taylor_coefficients`, `TaylorLagrangeODE`, `MidpointCorrection`,
-`TLNODEModel` and its teacher, `DormandPrinceTeacher`, and `export_saved_model`
-for serving.
+`TLNODEModel` and its teacher, `DormandPrinceTeacher`, `export_saved_model`
+for serving, and `DormandPrinceODE`, the adaptive-solver baseline.
 """
 
 import keras as _keras
@@ -13,6 +13,7 @@ if _keras.backend.backend() != "tensorflow":
         f"{_keras.backend.backend()!r}. Set KERAS_BACKEND=tensorflow before importing keras."
     )
 
+from keras_tlnode.adaptive import DormandPrinceODE  # noqa: E402
 from keras_tlnode.correction import MidpointCorrection  # noqa: E402
 from keras_tlnode.export import export_saved_model  # noqa: E402
 from keras_tlnode.layers import TaylorLagrangeODE  # noqa: E402
@@ -21,6 +22,7 @@ from keras_tlnode.teacher import DormandPrinceTeacher  # noqa: E402
 from keras_tlnode.training import TLNODEModel  # noqa: E402
 
 __all__ = [
+    "DormandPrinceODE",
     "DormandPrinceTeacher",
     "MidpointCorrection",
     "TLNODEModel",

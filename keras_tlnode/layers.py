@@ -21,8 +21,96 @@ from keras_tlnode.taylor import validate_order
 METHODS = ("taylor_lagrange",) + tuple(CLASSICAL)
 
 
+class ODELayer(keras.layers.Layer):
+    """What the package's ODE layers share: the vector field, the interval, the output shape, the config.
+
+    Subclasses solve dx/dt = f_θ(x) (or f_θ(x, t)) from their inputs at
+    `t_initial` to `t_initial + t_final` in `call`; this base validates the
+    shared arguments, builds the vector field and checks its output shape.
+    """
+
+    def __init__(
+        self,
+        vector_field: keras.layers.Layer,
+        num_steps: int = 1,
+        t_final: float = 1.0,
+        time_dependent: bool = False,
+        return_trajectory: bool = False,
+        t_initial: float = 0.0,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        if not isinstance(vector_field, keras.layers.Layer):
+            raise TypeError(
+                f"`vector_field` must be a keras.layers.Layer or keras.Model, got {type(vector_field).__name__}."
+            )
+        if isinstance(num_steps, bool) or not isinstance(num_steps, int) or num_steps < 1:
+            raise ValueError(f"`num_steps` must be an int >= 1, got {num_steps!r}.")
+        self.vector_field = vector_field
+        self.num_steps = num_steps
+        self.t_final = _finite_float(t_final, "t_final", positive=True)
+        self.t_initial = _finite_float(t_initial, "t_initial")
+        self.time_dependent = bool(time_dependent)
+        self.return_trajectory = bool(return_trajectory)
+
+    @property
+    def step_size(self) -> float:
+        """Δt = t_final / num_steps."""
+        return self.t_final / self.num_steps
+
+    def build(self, input_shape: tuple) -> None:
+        state_shape = tuple(input_shape[1:])
+        if not self.vector_field.built:
+            self.vector_field.build(self._field_input_shape(input_shape))
+        spec = self.vector_field.compute_output_spec(self._field_input_spec(state_shape))
+        _check_field_shape(tuple(spec.shape[1:]), state_shape)
+
+    def _field(self, x: tf.Tensor, t: tf.Tensor | None = None) -> tf.Tensor:
+        derivative = self.vector_field(x if t is None else [x, t])
+        _check_field_shape(tuple(derivative.shape[1:]), tuple(x.shape[1:]))
+        return derivative
+
+    def _field_input_shape(self, input_shape: tuple) -> tuple | list:
+        return [tuple(input_shape), (input_shape[0], 1)] if self.time_dependent else tuple(input_shape)
+
+    def _field_input_spec(self, state_shape: tuple) -> keras.KerasTensor | list:
+        x = keras.KerasTensor((None,) + state_shape, dtype=self.compute_dtype)
+        return [x, keras.KerasTensor((None, 1), dtype=self.compute_dtype)] if self.time_dependent else x
+
+    def _check_inputs(self, inputs: tf.Tensor) -> None:
+        if not tf.as_dtype(inputs.dtype).is_floating:
+            raise TypeError(f"{type(self).__name__} `inputs` must have a floating dtype, got {tf.as_dtype(inputs.dtype).name}.")
+
+    def compute_output_shape(self, input_shape: tuple) -> tuple:
+        if self.return_trajectory:
+            return (input_shape[0], self.num_steps + 1) + tuple(input_shape[1:])
+        return tuple(input_shape)
+
+    def compute_output_spec(self, inputs: keras.KerasTensor, training: bool | None = None) -> keras.KerasTensor:
+        self._check_inputs(inputs)
+        return super().compute_output_spec(inputs)
+
+    def get_config(self) -> dict:
+        config = super().get_config()
+        config.update(
+            vector_field=keras.saving.serialize_keras_object(self.vector_field),
+            num_steps=self.num_steps,
+            t_final=self.t_final,
+            time_dependent=self.time_dependent,
+            return_trajectory=self.return_trajectory,
+            t_initial=self.t_initial,
+        )
+        return config
+
+    @classmethod
+    def from_config(cls, config: dict) -> "ODELayer":
+        config = dict(config)
+        config["vector_field"] = keras.saving.deserialize_keras_object(config["vector_field"])
+        return cls(**config)
+
+
 @keras.saving.register_keras_serializable(package="keras_tlnode")
-class TaylorLagrangeODE(keras.layers.Layer):
+class TaylorLagrangeODE(ODELayer):
     """Integrates `dx/dt = f_θ(x)` over `[t_initial, t_initial + t_final]` in fixed steps.
 
     Each of the `num_steps` steps of size Δt = t_final / num_steps is
@@ -89,36 +177,19 @@ class TaylorLagrangeODE(keras.layers.Layer):
         t_initial: float = 0.0,
         **kwargs,
     ):
-        super().__init__(**kwargs)
-        if not isinstance(vector_field, keras.layers.Layer):
-            raise TypeError(
-                f"`vector_field` must be a keras.layers.Layer or keras.Model, got {type(vector_field).__name__}."
-            )
+        super().__init__(vector_field, num_steps, t_final, time_dependent, return_trajectory, t_initial, **kwargs)
         if method not in METHODS:
             raise ValueError(f"`method` must be one of {METHODS}, got {method!r}.")
         if correction is not None and not isinstance(correction, MidpointCorrection):
             raise TypeError(f"`correction` must be a MidpointCorrection or None, got {type(correction).__name__}.")
         if correction is not None and method != "taylor_lagrange":
             raise ValueError(f"`correction` only applies to method='taylor_lagrange', got method={method!r}.")
-        if isinstance(num_steps, bool) or not isinstance(num_steps, int) or num_steps < 1:
-            raise ValueError(f"`num_steps` must be an int >= 1, got {num_steps!r}.")
-        self.vector_field = vector_field
         self.order = validate_order(order)
-        self.num_steps = num_steps
-        self.t_final = _finite_float(t_final, "t_final", positive=True)
-        self.t_initial = _finite_float(t_initial, "t_initial")
         self.remainder_weight = _finite_float(remainder_weight, "remainder_weight", non_negative=True)
         self.correction = correction
         if correction is not None and correction.base_value is None:
             correction.base_value = 1.0 / (self.order + 2)
-        self.time_dependent = bool(time_dependent)
-        self.return_trajectory = bool(return_trajectory)
         self.method = method
-
-    @property
-    def step_size(self) -> float:
-        """Δt = t_final / num_steps."""
-        return self.t_final / self.num_steps
 
     @property
     def nfe(self) -> int:
@@ -128,16 +199,12 @@ class TaylorLagrangeODE(keras.layers.Layer):
         return self.num_steps * taylor_lagrange_evaluations(self.order, self.correction is not None)
 
     def build(self, input_shape: tuple) -> None:
-        state_shape = tuple(input_shape[1:])
-        if not self.vector_field.built:
-            self.vector_field.build(self._field_input_shape(input_shape))
-        spec = self.vector_field.compute_output_spec(self._field_input_spec(state_shape))
-        _check_field_shape(tuple(spec.shape[1:]), state_shape)
+        super().build(input_shape)
         if self.correction is not None and not self.correction.built:
             self.correction.build(input_shape)
 
     def call(self, inputs: tf.Tensor, training: bool | None = None) -> tf.Tensor:
-        _check_floating(inputs.dtype)
+        self._check_inputs(inputs)
         _record(self, inputs)
         penalise = bool(training) and self.remainder_weight > 0
         integrate = _traced_integrate(self) if tf.executing_eagerly() else self._integrate
@@ -167,49 +234,21 @@ class TaylorLagrangeODE(keras.layers.Layer):
         now = self.t_initial + tf.cast(k, state.dtype) * self.step_size
         return tf.fill(tf.stack([tf.shape(state)[0], 1]), now)
 
-    def _field(self, x: tf.Tensor, t: tf.Tensor | None = None) -> tf.Tensor:
-        derivative = self.vector_field(x if t is None else [x, t])
-        _check_field_shape(tuple(derivative.shape[1:]), tuple(x.shape[1:]))
-        return derivative
-
-    def _field_input_shape(self, input_shape: tuple) -> tuple | list:
-        return [tuple(input_shape), (input_shape[0], 1)] if self.time_dependent else tuple(input_shape)
-
-    def _field_input_spec(self, state_shape: tuple) -> keras.KerasTensor | list:
-        x = keras.KerasTensor((None,) + state_shape, dtype=self.compute_dtype)
-        return [x, keras.KerasTensor((None, 1), dtype=self.compute_dtype)] if self.time_dependent else x
-
-    def compute_output_shape(self, input_shape: tuple) -> tuple:
-        if self.return_trajectory:
-            return (input_shape[0], self.num_steps + 1) + tuple(input_shape[1:])
-        return tuple(input_shape)
-
-    def compute_output_spec(self, inputs: keras.KerasTensor, training: bool | None = None) -> keras.KerasTensor:
-        _check_floating(tf.as_dtype(inputs.dtype))
-        return super().compute_output_spec(inputs)
-
     def get_config(self) -> dict:
         config = super().get_config()
         config.update(
-            vector_field=keras.saving.serialize_keras_object(self.vector_field),
             order=self.order,
-            num_steps=self.num_steps,
-            t_final=self.t_final,
             correction=keras.saving.serialize_keras_object(self.correction),
             remainder_weight=self.remainder_weight,
-            time_dependent=self.time_dependent,
-            return_trajectory=self.return_trajectory,
             method=self.method,
-            t_initial=self.t_initial,
         )
         return config
 
     @classmethod
     def from_config(cls, config: dict) -> "TaylorLagrangeODE":
         config = dict(config)
-        config["vector_field"] = keras.saving.deserialize_keras_object(config["vector_field"])
         config["correction"] = keras.saving.deserialize_keras_object(config["correction"])
-        return cls(**config)
+        return super().from_config(config)
 
 
 _RECORDING = threading.local()
@@ -262,11 +301,6 @@ def _finite_float(value: object, name: str, positive: bool = False, non_negative
     if non_negative and value < 0:
         raise ValueError(f"`{name}` must be >= 0, got {value!r}.")
     return float(value)
-
-
-def _check_floating(dtype: tf.dtypes.DType) -> None:
-    if not dtype.is_floating:
-        raise TypeError(f"TaylorLagrangeODE `inputs` must have a floating dtype, got {dtype.name}.")
 
 
 def _check_field_shape(produced: tuple, state_shape: tuple) -> None:

@@ -7,11 +7,12 @@ The teacher is only on the training path, never in inference or export.
 
 from __future__ import annotations
 
-import math
 from typing import Callable, NamedTuple
 
 import tensorflow as tf
 import tensorflow_probability as tfp
+
+from keras_tlnode.adaptive import dormand_prince, validate_tolerance
 
 Field = Callable[..., tf.Tensor]
 
@@ -51,16 +52,13 @@ class DormandPrinceTeacher:
     def __init__(
         self, rtol: float = 1e-8, atol: float = 1e-8, max_num_steps: int = 2000, dtype: str = "float64"
     ):
-        for name, value in (("rtol", rtol), ("atol", atol)):
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not (0 < value < math.inf):
-                raise ValueError(f"`{name}` must be a finite number > 0, got {value!r}.")
         if isinstance(max_num_steps, bool) or not isinstance(max_num_steps, int) or max_num_steps < 1:
             raise ValueError(f"`max_num_steps` must be an int >= 1, got {max_num_steps!r}.")
+        self.rtol = validate_tolerance(rtol, "rtol")
+        self.atol = validate_tolerance(atol, "atol")
+        self.max_num_steps = max_num_steps
         if not tf.as_dtype(dtype).is_floating:
             raise ValueError(f"`dtype` must be a floating dtype, got {dtype!r}.")
-        self.rtol = float(rtol)
-        self.atol = float(atol)
-        self.max_num_steps = max_num_steps
         self.dtype = tf.as_dtype(dtype)
 
     def solve(self, field: Field, x: tf.Tensor, dt: float, t: tf.Tensor | None = None) -> TeacherSolution:
@@ -69,38 +67,15 @@ class DormandPrinceTeacher:
         The whole batch is one system for the solver, so its steps follow the
         stiffest sample; `nfe` counts the calls of `field` on that batch.
         """
-        model_dtype = x.dtype
 
-        def ode_fn(s: tf.Tensor, state: tuple[tf.Tensor, tf.Tensor]) -> tuple[tf.Tensor, tf.Tensor]:
-            y, _ = state
-            current = tf.cast(y, model_dtype)
-            derivative = field(current) if t is None else field(current, t + tf.cast(s, model_dtype))
-            # A non-finite f makes DormandPrince reject every step and never
-            # return; the solve goes on with f = 0 instead, and a second state
-            # component, growing at unit rate while f is non-finite, flags it.
-            finite = tf.reduce_all(tf.math.is_finite(derivative))
-            derivative = tf.where(finite, tf.cast(derivative, self.dtype), tf.zeros_like(y))
-            return derivative, tf.where(finite, tf.constant(0.0, self.dtype), tf.constant(1.0, self.dtype))
+        def shifted(y: tf.Tensor, elapsed: tf.Tensor) -> tf.Tensor:
+            return field(y) if t is None else field(y, t + elapsed)
 
-        solver = tfp.math.ode.DormandPrince(rtol=self.rtol, atol=self.atol)
-        results = solver.solve(
-            ode_fn,
-            tf.constant(0.0, self.dtype),
-            (tf.cast(tf.stop_gradient(x), self.dtype), tf.constant(0.0, self.dtype)),
-            solution_times=tf.constant([dt], self.dtype),
+        solution = dormand_prince(shifted, tf.stop_gradient(x), [dt], self.rtol, self.atol, self.dtype)
+        within_cap = solution.nfe <= self.max_num_steps * tfp.math.ode.DormandPrince.ODE_FN_EVALS_PER_STEP + 2
+        return TeacherSolution(
+            tf.stop_gradient(solution.states[-1]), solution.nfe, tf.logical_and(solution.ok, within_cap)
         )
-        final, blown_up = results.states[0][-1], results.states[1][-1]
-        states = tf.stop_gradient(tf.cast(final, model_dtype))
-        nfe = tf.cast(results.diagnostics.num_ode_fn_evaluations, tf.int64)
-        ok = tf.reduce_all(
-            [
-                tf.equal(results.diagnostics.status, 0),
-                tf.equal(blown_up, 0.0),
-                nfe <= self.max_num_steps * solver.ODE_FN_EVALS_PER_STEP + 2,
-                tf.reduce_all(tf.math.is_finite(states)),
-            ]
-        )
-        return TeacherSolution(states, nfe, ok)
 
     def get_config(self) -> dict:
         return {"rtol": self.rtol, "atol": self.atol, "max_num_steps": self.max_num_steps, "dtype": self.dtype.name}
