@@ -1,50 +1,54 @@
-"""Learning a stiff linear system from trajectory pairs: TL-NODE vs Taylor vs RK4.
+"""Learning a stiff linear system from trajectories: TL-NODE vs fixed-step schemes vs adaptive DormandPrince.
 
-The system is dx/dt = A x with A = P^-1 diag(-1000, -1) P, P = [[3, 1], [1, -2]].
-At the data's step Δt = 0.01 the fast eigenvalue gives λΔt = -10: the exact
-one-step map damps the fast mode by exp(-10) ≈ 4.5e-5, which no explicit
-fixed-step scheme applied to the true A reproduces (the factor is -9 for Euler,
-41 for the degree-2 Taylor method, 291 for RK4). A learned model instead fits a discrete map whose one-step error can be
-small even though its f is not A; this example measures how well each scheme's
-map can be fitted, on identical data, initialisation, schedule and epochs:
+The system is dx/dt = A x with A = P^-1 diag(-1000, -1) P, P = [[3, 1], [1, -2]],
+solved exactly by the matrix exponential. Training pairs (x_t, x_{t+Δt}),
+Δt = 0.01, come from trajectories started uniformly in [-0.5, 0.5]^2. At this
+Δt the fast eigenvalue gives λΔt = -10: the exact one-step map damps the fast
+mode by exp(-10) ≈ 4.5e-5, which no explicit fixed-step scheme applied to the
+true A reproduces (its factor is -9 for Euler, 41 for the degree-2 Taylor
+method, 291 for RK4). A learned f_θ fits each scheme's one-step map as well as
+the scheme allows; this example measures how well, on identical data, initial
+weights, schedule and epochs:
 
-    tl_node   TaylorLagrangeODE(order=1, correction=MidpointCorrection)   (TL-NODE)
-    taylor2   TaylorLagrangeODE(order=1, correction=None)  (Taylor method of degree 2)
+    tl_node   TaylorLagrangeODE(order=1, correction=MidpointCorrection)  (TL-NODE), trained by TLNODEModel
+    taylor2   TaylorLagrangeODE(order=1)                  (Taylor method of degree 2)
     rk4       TaylorLagrangeODE(method="rk4")
+    euler     TaylorLagrangeODE(method="euler")
+    dopri5    DormandPrinceODE (adaptive; the classic neural ODE, the baseline)
 
-TL-NODE also trains with the remainder penalty (--remainder-weight, default 1e-2,
-included in its printed training loss); the baselines train on the plain MSE.
+Model: f_θ = Dense(64) → Dense(2), no activation. TL-NODE's Γ_φ is a vector
+MidpointCorrection with 16 ReLU units whose output layer starts at zero, so Γ
+starts at 1/(p+2) = 1/3. Batch 500, Adam with exponential decay 1e-2 → 1e-4
+over the run, remainder weight λ = 1e-2, correction every 10 steps, teacher
+rtol = atol = 1e-8 in float64. The baseline solves in float32 (tfp's adjoint
+needs the weights' dtype) at rtol = atol = 1e-6, the tightest float32 makes
+meaningful: on this system 1e-7 and 1e-8 cost 1.4x and 1.9x more f-evaluations
+and are no more accurate (max error 5e-7 at 1e-6, 1.5e-6 and 5e-7 below).
+
 Reported per method: training wall-clock time, f-evaluations per prediction
-(`nfe`), one-step MSE on the test trajectories, and the relative L2 error of an
-autoregressive rollout from their initial states over the first second.
+(`nfe`), one-step MSE on the test trajectories, the relative L2 error of an
+autoregressive rollout over the whole test trajectories, the relative error of
+the learned f_θ against the true A x, and the time per prediction batch; as a table, JSON (--json) and two PNGs in --out (test error
+versus training step, training time).
 
 Usage:
-    python examples/stiff_dynamics.py            # --quick (default)
-    python examples/stiff_dynamics.py --full --json results/stiff.json
+    python examples/stiff_dynamics.py            # --quick (default), under 3 minutes on 2 cores
+    python examples/stiff_dynamics.py --full --json stiff.json --out results/
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
-import platform
 import sys
-import time
 
-os.environ.setdefault("KERAS_BACKEND", "tensorflow")
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+import harness  # the examples' shared reporting; sets KERAS_BACKEND before keras is imported
+import keras
+import numpy as np
+import tensorflow as tf
 
-import keras  # noqa: E402
-import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
-
-import keras_tlnode  # noqa: E402
-
-# Each evaluated model gets its own predict function; TensorFlow's "retracing"
-# warning about that is expected here.
-tf.get_logger().setLevel("ERROR")
+import keras_tlnode
 
 DT = 0.01
 EIGENVALUES = np.array([-1000.0, -1.0])
@@ -60,13 +64,24 @@ TEST_TRAJECTORIES = 10
 BATCH_SIZE = 500
 LEARNING_RATE = (1e-2, 1e-4)  # exponential decay from the first to the second over training
 REMAINDER_WEIGHT = 1e-2
-ROLLOUT_SECONDS = 1.0
+CORRECTION_EVERY = 10
+TEACHER_TOLERANCE = 1e-8
+BASELINE_TOLERANCE = 1e-6
+# Keras runs this many steps per call of its compiled train function, so
+# per-step Python overhead does not swamp steps of a few milliseconds.
+STEPS_PER_EXECUTION = 10
+CURVE_POINTS = 40
 
 METHODS = {
     "tl_node": "TL-NODE (order 1 + correction)",
-    "taylor2": "Taylor degree 2 (no correction)",
+    "taylor2": "Taylor degree 2",
     "rk4": "RK4",
+    "euler": "Euler",
+    "dopri5": "DormandPrince (baseline)",
 }
+# XLA compiles the fixed-step methods (order-1 Taylor steps compile once; see
+# README, "XLA"); for tfp's DormandPrince it measured slower than the graph.
+JIT_COMPILE = {"tl_node": True, "taylor2": True, "rk4": True, "euler": True, "dopri5": False}
 
 
 # ---------------------------------------------------------------- exact system
@@ -92,109 +107,169 @@ def simulate(x0: np.ndarray, num_steps: int, dt: float = DT) -> np.ndarray:
 
 
 def make_data(rng: np.random.Generator, trajectories: int, seconds: float, test_trajectories: int) -> dict:
-    """Training pairs (x_t, x_{t+Δt}) and test trajectories, float32."""
+    """Training pairs (x_t, x_{t+Δt}), the test trajectories and their pairs, float32."""
     num_steps = max(1, round(seconds / DT))
-    train = simulate(rng.uniform(STATE_LOW, STATE_HIGH, (trajectories, 2)), num_steps)
-    test = simulate(rng.uniform(STATE_LOW, STATE_HIGH, (test_trajectories, 2)), num_steps)
+    train = simulate(rng.uniform(STATE_LOW, STATE_HIGH, (trajectories, 2)), num_steps).astype(np.float32)
+    test = simulate(rng.uniform(STATE_LOW, STATE_HIGH, (test_trajectories, 2)), num_steps).astype(np.float32)
     return {
-        "x": train[:, :-1].reshape(-1, 2).astype(np.float32),
-        "y": train[:, 1:].reshape(-1, 2).astype(np.float32),
-        "test": test.astype(np.float32),
+        "x": train[:, :-1].reshape(-1, 2),
+        "y": train[:, 1:].reshape(-1, 2),
+        "test": test,
+        "test_x": test[:, :-1].reshape(-1, 2),
+        "test_y": test[:, 1:].reshape(-1, 2),
     }
 
 
 # ---------------------------------------------------------------- models
 
 
-def build_ode(method: str, seed: int, remainder_weight: float = REMAINDER_WEIGHT) -> keras_tlnode.TaylorLagrangeODE:
-    """The one-step layer of `method`; the vector field's initial weights depend only on `seed`.
-
-    `remainder_weight` (λ of the Lagrange-remainder penalty) applies to TL-NODE only;
-    the baselines are trained on the plain MSE.
-    """
+def vector_field(seed: int) -> keras.Sequential:
+    """f_θ; its initial weights depend only on `seed`, so every method starts from the same f."""
     keras.utils.set_random_seed(seed)
-    vector_field = keras.Sequential([keras.layers.Dense(64), keras.layers.Dense(2)], name="vector_field")
-    vector_field.build((None, 2))
+    field = keras.Sequential([keras.layers.Dense(64), keras.layers.Dense(2)], name="vector_field")
+    field.build((None, 2))
+    return field
+
+
+def build_ode(method: str, field: keras.layers.Layer, remainder_weight: float) -> keras.layers.Layer:
+    """The one-step layer of `method` around `field`."""
     if method == "tl_node":
         correction = keras_tlnode.MidpointCorrection(hidden_units=(16,))
         return keras_tlnode.TaylorLagrangeODE(
-            vector_field, order=1, num_steps=1, t_final=DT, correction=correction, remainder_weight=remainder_weight
+            field, order=1, t_final=DT, correction=correction, remainder_weight=remainder_weight
         )
     if method == "taylor2":
-        return keras_tlnode.TaylorLagrangeODE(vector_field, order=1, num_steps=1, t_final=DT, correction=None)
-    if method == "rk4":
-        return keras_tlnode.TaylorLagrangeODE(vector_field, num_steps=1, t_final=DT, method="rk4")
+        return keras_tlnode.TaylorLagrangeODE(field, order=1, t_final=DT)
+    if method in ("rk4", "euler"):
+        return keras_tlnode.TaylorLagrangeODE(field, t_final=DT, method=method)
+    if method == "dopri5":
+        return keras_tlnode.DormandPrinceODE(field, t_final=DT, rtol=BASELINE_TOLERANCE, atol=BASELINE_TOLERANCE)
     raise ValueError(f"unknown method {method!r}; choose from {sorted(METHODS)}")
 
 
-def one_step_model(ode: keras_tlnode.TaylorLagrangeODE) -> keras.Model:
+def build_model(method: str, config: dict) -> tuple[keras.Model, keras.layers.Layer]:
+    """The compiled one-step model of `method` and its ODE layer."""
+    ode = build_ode(method, vector_field(config["seed"]), config["remainder_weight"])
     inputs = keras.Input((2,))
-    return keras.Model(inputs, ode(inputs))
-
-
-def rollout_model(ode: keras_tlnode.TaylorLagrangeODE, num_steps: int) -> keras.Model:
-    """`num_steps` autoregressive steps of the trained `ode`, sharing its layers (return_trajectory)."""
-    rollout = keras_tlnode.TaylorLagrangeODE(
-        ode.vector_field,
-        order=ode.order,
-        num_steps=num_steps,
-        t_final=num_steps * ode.step_size,
-        correction=ode.correction,
-        method=ode.method,
-        return_trajectory=True,
-    )
-    inputs = keras.Input((2,))
-    return keras.Model(inputs, rollout(inputs))
-
-
-def compile_model(model: keras.Model, total_steps: int) -> None:
     initial, final = LEARNING_RATE
     schedule = keras.optimizers.schedules.ExponentialDecay(
-        initial, decay_steps=max(total_steps, 1), decay_rate=final / initial
+        initial, decay_steps=max(config["total_steps"], 1), decay_rate=final / initial
     )
-    model.compile(optimizer=keras.optimizers.Adam(schedule), loss="mse")
+    options = dict(
+        optimizer=keras.optimizers.Adam(schedule),
+        loss="mse",
+        jit_compile=JIT_COMPILE[method],
+        steps_per_execution=config["steps_per_execution"],
+    )
+    if method == "tl_node":
+        model = keras_tlnode.TLNODEModel(inputs, ode(inputs))
+        teacher = keras_tlnode.DormandPrinceTeacher(rtol=TEACHER_TOLERANCE, atol=TEACHER_TOLERANCE)
+        model.compile(correction_every=config["correction_every"], teacher=teacher, **options)
+    else:
+        model = keras.Model(inputs, ode(inputs))
+        model.compile(**options)
+    return model, ode
+
+
+def training_data(data: dict, batch_size: int, seed: int) -> tf.data.Dataset:
+    """The training pairs, reshuffled every epoch; one pipeline for every method.
+
+    A tf.data pipeline built once costs far less per epoch than Keras's
+    NumPy adapter, which matters at 8 steps per epoch (quick mode).
+    """
+    pairs = tf.data.Dataset.from_tensor_slices((data["x"], data["y"]))
+    return pairs.shuffle(len(data["x"]), seed=seed).batch(batch_size).prefetch(tf.data.AUTOTUNE)
+
+
+def rollout_layer(ode: keras.layers.Layer, num_steps: int) -> keras.layers.Layer:
+    """`num_steps` steps of the trained `ode` with its states at every step, sharing its weights."""
+    horizon = dict(num_steps=num_steps, t_final=num_steps * DT, return_trajectory=True)
+    if isinstance(ode, keras_tlnode.DormandPrinceODE):
+        return keras_tlnode.DormandPrinceODE(ode.vector_field, rtol=ode.rtol, atol=ode.atol, **horizon)
+    return keras_tlnode.TaylorLagrangeODE(
+        ode.vector_field, order=ode.order, correction=ode.correction, method=ode.method, **horizon
+    )
 
 
 # ---------------------------------------------------------------- train and evaluate
 
 
-def train(model: keras.Model, data: dict, epochs: int, batch_size: int) -> tuple[float, float]:
-    """Fits the one-step model; returns (wall-clock seconds, final training loss)."""
-    steps_per_epoch = math.ceil(len(data["x"]) / batch_size)
-    compile_model(model, steps_per_epoch * epochs)
-    start = time.perf_counter()
-    history = model.fit(data["x"], data["y"], batch_size=batch_size, epochs=epochs, shuffle=True, verbose=0)
-    return time.perf_counter() - start, float(history.history["loss"][-1])
-
-
-def one_step_mse(model: keras.Model, test: np.ndarray) -> float:
+def one_step_mse(model: keras.Model, data: dict) -> float:
     """MSE of the predicted next state over every pair of the test trajectories."""
-    x, y = test[:, :-1].reshape(-1, 2), test[:, 1:].reshape(-1, 2)
-    prediction = model.predict(x, batch_size=len(x), verbose=0)
-    return float(np.mean((prediction - y) ** 2))
+    prediction = model.predict(data["test_x"], batch_size=len(data["test_x"]), verbose=0)
+    return float(np.mean((prediction - data["test_y"]) ** 2))
 
 
-def rollout_error(ode: keras_tlnode.TaylorLagrangeODE, test: np.ndarray, num_steps: int) -> float:
-    """Relative L2 error of the autoregressive rollout from each test x0 over `num_steps` steps."""
-    model = rollout_model(ode, num_steps)
-    prediction = model.predict(test[:, 0], batch_size=len(test), verbose=0)
-    truth = test[:, : num_steps + 1]
-    return float(np.linalg.norm(prediction[:, 1:] - truth[:, 1:]) / np.linalg.norm(truth[:, 1:]))
+def rollout_error(ode: keras.layers.Layer, test: np.ndarray) -> float:
+    """Relative L2 error of the autoregressive rollout from each test x0 over the whole test trajectory."""
+    num_steps = test.shape[1] - 1
+    prediction = np.asarray(tf.function(rollout_layer(ode, num_steps))(test[:, 0]))
+    return float(np.linalg.norm(prediction[:, 1:] - test[:, 1:]) / np.linalg.norm(test[:, 1:]))
 
 
-def run_method(method: str, data: dict, config: dict) -> dict:
-    ode = build_ode(method, config["seed"], config["remainder_weight"])
-    model = one_step_model(ode)
-    seconds, loss = train(model, data, config["epochs"], config["batch_size"])
-    rollout_steps = config["rollout_steps"]
-    return {
+def field_error(ode: keras.layers.Layer, test_x: np.ndarray) -> float:
+    """Relative L2 error of the learned f_θ against the true A x on the test states.
+
+    A small one-step error does not mean that f_θ is the true vector field:
+    a scheme's learned map can be exact while its f is far from A.
+    """
+    truth = test_x.astype(np.float64) @ system_matrix().T
+    learned = np.asarray(ode.vector_field(test_x), dtype=np.float64)
+    return float(np.linalg.norm(learned - truth) / np.linalg.norm(truth))
+
+
+def nfe_per_prediction(ode: keras.layers.Layer, x: np.ndarray) -> float:
+    """f-evaluations of one prediction: fixed for the fixed-step layers, measured on `x` for DormandPrince."""
+    if isinstance(ode, keras_tlnode.DormandPrinceODE):
+        return float(tf.function(ode.solve)(x)[1])
+    return float(ode.nfe)
+
+
+def prediction_seconds(model: keras.Model, method: str, data: dict, batch_size: int, repeats: int) -> float:
+    """Median time of one compiled prediction of a batch of test states (a new batch per call)."""
+    predict = tf.function(lambda x: model(x, training=False), jit_compile=JIT_COMPILE[method])
+    rng = np.random.default_rng(0)
+    batches = [data["test_x"][rng.integers(0, len(data["test_x"]), batch_size)] for _ in range(repeats + 2)]
+    return harness.median_seconds(predict, [tf.constant(b) for b in batches])
+
+
+def run_method(method: str, data: dict, config: dict, position: str) -> dict:
+    model, ode = build_model(method, config)
+    every = max(1, config["total_steps"] // CURVE_POINTS)
+    log = harness.TrainingLog(f"{position} {METHODS[method]}", lambda: one_step_mse(model, data), every=every)
+    dataset = training_data(data, config["batch_size"], config["seed"])
+    # The dataset reshuffles itself every epoch; `shuffle` only applies to arrays.
+    history = model.fit(dataset, epochs=config["epochs"], shuffle=False, verbose=0, callbacks=[log])
+    result = {
         "label": METHODS[method],
-        "train_seconds": seconds,
-        "nfe": ode.nfe,
-        "final_train_loss": loss,
-        "one_step_mse": one_step_mse(model, data["test"]),
-        "rollout_rel_l2": rollout_error(ode, data["test"], rollout_steps),
+        "train_seconds": log.train_seconds,
+        "step_ms": log.step_ms,
+        "nfe": nfe_per_prediction(ode, data["test_x"][: config["batch_size"]]),
+        "final_train_loss": float(history.history["loss"][-1]),
+        "one_step_mse": log.errors[-1],
+        "rollout_rel_l2": rollout_error(ode, data["test"]),
+        "field_rel_error": field_error(ode, data["test_x"]),
+        "predict_ms": 1e3 * prediction_seconds(model, method, data, config["batch_size"], config["repeats"]),
+        "curve": {"steps": log.steps, "one_step_mse": log.errors},
     }
+    if method == "tl_node":
+        result["teacher_failures"] = float(history.history["teacher_failures"][-1])
+    return result
+
+
+def comparisons(results: dict) -> dict:
+    """The issue's targets as measured ratios (only between methods that ran)."""
+    ratios = {}
+    tl, baseline = results.get("tl_node"), results.get("dopri5")
+    if tl and baseline:
+        ratios["train_speedup_vs_dopri5"] = baseline["train_seconds"] / tl["train_seconds"]
+        ratios["step_speedup_vs_dopri5"] = baseline["step_ms"] / tl["step_ms"]
+        ratios["one_step_mse_vs_dopri5"] = tl["one_step_mse"] / baseline["one_step_mse"]
+        ratios["predict_speedup_vs_dopri5"] = baseline["predict_ms"] / tl["predict_ms"]
+    for other in ("rk4", "taylor2", "euler"):
+        if tl and other in results:
+            ratios[f"one_step_mse_{other}_over_tl_node"] = results[other]["one_step_mse"] / tl["one_step_mse"]
+    return ratios
 
 
 # ---------------------------------------------------------------- command line
@@ -211,24 +286,25 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--seconds", type=float, help="length of each trajectory in s (default: per mode)")
     parser.add_argument("--test-trajectories", type=int, default=TEST_TRAJECTORIES)
     parser.add_argument("--batch-size", type=int, default=BATCH_SIZE)
-    parser.add_argument("--rollout-seconds", type=float, default=ROLLOUT_SECONDS,
-                        help="horizon of the autoregressive rollout error (capped by --seconds)")
+    parser.add_argument("--steps-per-execution", type=int, default=STEPS_PER_EXECUTION)
+    parser.add_argument("--correction-every", type=int, default=CORRECTION_EVERY)
     parser.add_argument("--methods", nargs="+", choices=list(METHODS), default=list(METHODS))
     parser.add_argument("--remainder-weight", type=float, default=REMAINDER_WEIGHT,
                         help="TL-NODE's remainder penalty λ (default: %(default)g)")
+    parser.add_argument("--repeats", type=int, default=20, help="timed prediction batches per method")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", metavar="PATH", help="also write the results as JSON to PATH")
+    parser.add_argument("--out", metavar="DIR", default=".", help="directory for the PNG plots (default: .)")
     args = parser.parse_args(argv)
-    for name in ("epochs", "trajectories", "test_trajectories", "batch_size"):
+    for name in ("epochs", "trajectories", "test_trajectories", "batch_size", "steps_per_execution",
+                 "correction_every", "repeats"):
         value = getattr(args, name)
         if value is not None and value < 1:
-            parser.error(f"--{name.replace('_', '-')} must be >= 1")
+            parser.error(f"--{name.replace('_', '-')} must be >= 1, got {value}")
     if not (math.isfinite(args.remainder_weight) and args.remainder_weight >= 0):
-        parser.error("--remainder-weight must be a finite number >= 0")
-    for name in ("seconds", "rollout_seconds"):
-        value = getattr(args, name)
-        if value is not None and not value >= DT:
-            parser.error(f"--{name.replace('_', '-')} must be >= {DT}")
+        parser.error(f"--remainder-weight must be a finite number >= 0, got {args.remainder_weight}")
+    if args.seconds is not None and not args.seconds >= DT:
+        parser.error(f"--seconds must be >= {DT}, got {args.seconds}")
     return args
 
 
@@ -241,37 +317,40 @@ def make_config(args: argparse.Namespace) -> dict:
         "epochs": args.epochs or defaults["epochs"],
         "test_trajectories": args.test_trajectories,
         "batch_size": args.batch_size,
+        "steps_per_execution": args.steps_per_execution,
         "seed": args.seed,
         "dt": DT,
         "learning_rate": list(LEARNING_RATE),
         "remainder_weight": args.remainder_weight,
+        "correction_every": args.correction_every,
+        "teacher": {"rtol": TEACHER_TOLERANCE, "atol": TEACHER_TOLERANCE, "dtype": "float64"},
+        "baseline": {"rtol": BASELINE_TOLERANCE, "atol": BASELINE_TOLERANCE, "dtype": "float32"},
+        "jit_compile": {method: JIT_COMPILE[method] for method in args.methods},
+        "repeats": args.repeats,
     }
-    num_steps = max(1, round(config["seconds"] / DT))
-    config["rollout_steps"] = min(num_steps, max(1, round(args.rollout_seconds / DT)))
-    config["rollout_seconds"] = config["rollout_steps"] * DT
+    pairs = config["trajectories"] * max(1, round(config["seconds"] / DT))
+    config["total_steps"] = math.ceil(pairs / config["batch_size"]) * config["epochs"]
     return config
 
 
-def environment() -> dict:
-    return {
-        "python": platform.python_version(),
-        "tensorflow": tf.__version__,
-        "keras": keras.__version__,
-        "keras_tlnode": keras_tlnode.__version__,
-        "cpu_count": os.cpu_count(),
-        "gpus": len(tf.config.list_physical_devices("GPU")),
-    }
+COLUMNS = [
+    ("train_seconds", "train s", ".1f"),
+    ("step_ms", "ms/step", ".2f"),
+    ("nfe", "nfe", ".0f"),
+    ("one_step_mse", "one-step MSE", ".3e"),
+    ("rollout_rel_l2", "rollout relL2", ".3e"),
+    ("field_rel_error", "f relErr", ".3f"),
+    ("predict_ms", "predict ms", ".2f"),
+]
 
 
-def format_table(results: dict, rollout_seconds: float) -> str:
-    header = f"{'method':<34} {'train s':>8} {'nfe':>4} {'one-step MSE':>13} {f'rollout relL2 ({rollout_seconds:g} s)':>22}"
-    lines = [header, "-" * len(header)]
-    for result in results.values():
-        lines.append(
-            f"{result['label']:<34} {result['train_seconds']:>8.1f} {result['nfe']:>4d} "
-            f"{result['one_step_mse']:>13.3e} {result['rollout_rel_l2']:>22.3e}"
-        )
-    return "\n".join(lines)
+def report_plots(results: dict, out: str) -> None:
+    curves = {r["label"]: (r["curve"]["steps"], r["curve"]["one_step_mse"]) for r in results.values()}
+    harness.plot_curves(os.path.join(out, "stiff_error_vs_step.png"), curves, "one-step test MSE",
+                        "Stiff linear system: test error during training")
+    harness.plot_bars(os.path.join(out, "stiff_training_time.png"),
+                      {"training time (s)": {r["label"]: r["train_seconds"] for r in results.values()}},
+                      "Stiff linear system: wall-clock training time")
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -281,27 +360,23 @@ def main(argv: list[str] | None = None) -> dict:
                      config["test_trajectories"])
     print(
         f"stiff dynamics ({config['mode']}): {config['trajectories']} trajectories x {config['seconds']:g} s "
-        f"-> {len(data['x'])} pairs, {config['epochs']} epochs, batch {config['batch_size']}, seed {config['seed']}",
+        f"-> {len(data['x'])} pairs, {config['epochs']} epochs of batch {config['batch_size']} "
+        f"({config['total_steps']} steps), seed {config['seed']}",
         flush=True,
     )
     results = {}
     for index, method in enumerate(args.methods, 1):
-        results[method] = run_method(method, data, config)
-        r = results[method]
-        print(
-            f"[{index}/{len(args.methods)}] {method}: trained in {r['train_seconds']:.1f} s, "
-            f"final loss {r['final_train_loss']:.3e}",
-            flush=True,
-        )
+        results[method] = run_method(method, data, config, f"[{index}/{len(args.methods)}]")
+        print(f"  -> trained in {results[method]['train_seconds']:.1f} s", flush=True)
     print()
-    print(format_table(results, config["rollout_seconds"]))
-    report = {"config": config, "environment": environment(), "methods": results}
+    print(harness.format_table(results, COLUMNS))
+    ratios = comparisons(results)
+    for name, value in ratios.items():
+        print(f"{name}: {value:.3g}")
+    report_plots(results, args.out)
+    report = {"config": config, "environment": harness.environment(), "methods": results, "comparisons": ratios}
     if args.json:
-        directory = os.path.dirname(os.path.abspath(args.json))
-        os.makedirs(directory, exist_ok=True)
-        with open(args.json, "w") as handle:
-            json.dump(report, handle, indent=2)
-        print(f"\nwrote {args.json}")
+        harness.write_json(report, args.json)
     return report
 
 

@@ -1,0 +1,206 @@
+"""What the examples share: the run environment, timing, progress lines, test-error curves, tables, JSON, plots.
+
+Each example is a script (`python examples/<name>.py`), so this module is
+imported as a sibling; nothing here is part of the keras_tlnode package.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import sys
+import time
+from typing import Callable, Iterable
+
+os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+import keras_tlnode  # noqa: E402
+
+# Each evaluated model gets its own predict function; TensorFlow's "retracing"
+# warning about that is expected in the examples.
+tf.get_logger().setLevel("ERROR")
+
+
+def environment() -> dict:
+    """The software and machine a result was measured on."""
+    return {
+        "date": time.strftime("%Y-%m-%d"),
+        "python": platform.python_version(),
+        "tensorflow": tf.__version__,
+        "keras": keras.__version__,
+        "keras_tlnode": keras_tlnode.__version__,
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "gpus": len(tf.config.list_physical_devices("GPU")),
+    }
+
+
+def block(result: object) -> None:
+    """Waits for every tensor of `result`, so a timing covers the computation."""
+    tf.nest.map_structure(lambda t: np.asarray(t), result)
+
+
+def median_seconds(fn: Callable[[object], object], inputs: list, warmup: int = 2) -> float:
+    """Median wall-clock of `fn(x)` over `inputs[warmup:]`, after `warmup` calls on the first inputs.
+
+    Give every call a new input: XLA folds inputs it treats as compile-time
+    constants into the executable, so timing one input again and again can
+    measure a cached, constant-folded result instead of the computation.
+    """
+    for x in inputs[:warmup]:
+        block(fn(x))
+    times = []
+    for x in inputs[warmup:]:
+        start = time.perf_counter()
+        block(fn(x))
+        times.append(time.perf_counter() - start)
+    return float(np.median(times))
+
+
+class TrainingLog(keras.callbacks.Callback):
+    """One progress line per run, the test error every `every` training steps, and timings.
+
+    `evaluate()` returns the test error of the model as it is; its time is
+    measured and left out of `train_seconds`, so the curve costs the method
+    nothing. `step_ms` is the steady-state time per training step: the median
+    epoch (compilation happens in the first) over its steps. The line is rewritten in place on a terminal and printed once per
+    tenth of the run otherwise (logs, CI).
+
+    Args:
+        label: the run's name in the progress line.
+        evaluate: the test error of the current model, or None for no curve.
+        every: training steps between two points of the curve.
+    """
+
+    def __init__(self, label: str, evaluate: Callable[[], float] | None = None, every: int = 100):
+        super().__init__()
+        self.label, self.evaluate, self.every = label, evaluate, max(1, every)
+        self.steps: list[int] = []
+        self.errors: list[float] = []
+        self.train_seconds = 0.0
+        self.step_ms = float("nan")
+        self._epoch_seconds: list[float] = []
+        self._eval_seconds = 0.0
+        self._step = 0
+        self._epoch = 0
+        self._interactive = sys.stdout.isatty()
+
+    def on_train_begin(self, logs=None):
+        self._start = time.perf_counter()
+        self._record()
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._epoch = epoch
+        self._epoch_start, self._epoch_eval = time.perf_counter(), self._eval_seconds
+
+    def on_train_batch_end(self, batch, logs=None):
+        # With steps_per_execution > 1 Keras calls this once per execution, with
+        # `batch` the last step of it (past the epoch's end for a short last
+        # execution), so the step count comes from `batch`, clamped.
+        per_epoch = self.params.get("steps") or batch + 1
+        previous, self._step = self._step, self._epoch * per_epoch + min(batch + 1, per_epoch)
+        if self._step // self.every > previous // self.every:
+            self._record()
+
+    def on_epoch_end(self, epoch, logs=None):
+        evaluating = self._eval_seconds - self._epoch_eval
+        self._epoch_seconds.append(time.perf_counter() - self._epoch_start - evaluating)
+        epochs = self.params.get("epochs") or 1
+        if self._interactive or (epoch + 1) % max(1, epochs // 10) == 0 or epoch + 1 == epochs:
+            loss = (logs or {}).get("loss", float("nan"))
+            error = f", test error {self.errors[-1]:.3e}" if self.errors else ""
+            end = "" if self._interactive else "\n"
+            print(f"\r  {self.label}: epoch {epoch + 1}/{epochs}, loss {loss:.3e}{error}   ", end=end, flush=True)
+
+    def on_train_end(self, logs=None):
+        if self.evaluate is not None and self.steps[-1] != self._step:
+            self._record()
+        self.train_seconds = time.perf_counter() - self._start - self._eval_seconds
+        steady = self._epoch_seconds[1:] or self._epoch_seconds
+        if steady and self.params.get("steps"):
+            self.step_ms = 1e3 * float(np.median(steady)) / self.params["steps"]
+        if self._interactive:
+            print(flush=True)
+
+    def _record(self) -> None:
+        if self.evaluate is None:
+            return
+        start = time.perf_counter()
+        self.steps.append(self._step)
+        self.errors.append(float(self.evaluate()))
+        self._eval_seconds += time.perf_counter() - start
+
+
+def format_table(rows: dict[str, dict], columns: list[tuple[str, str, str]]) -> str:
+    """A plain-text table: one row per entry of `rows`, columns as (key, header, format spec)."""
+    widths = [max(len(header), 10) for _, header, _ in columns]
+    label_width = max(len(row["label"]) for row in rows.values())
+    lines = [f"{'method':<{label_width}}  " + "  ".join(f"{h:>{w}}" for (_, h, _), w in zip(columns, widths))]
+    lines.append("-" * len(lines[0]))
+    for row in rows.values():
+        cells = [f"{row[key]:{spec}}" if row.get(key) is not None else "-" for key, _, spec in columns]
+        lines.append(f"{row['label']:<{label_width}}  " + "  ".join(f"{c:>{w}}" for c, w in zip(cells, widths)))
+    return "\n".join(lines)
+
+
+def write_json(report: dict, path: str) -> None:
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    with open(path, "w") as handle:
+        json.dump(report, handle, indent=2)
+    print(f"wrote {path}")
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_curves(path: str, curves: dict[str, tuple[Iterable[int], Iterable[float]]], ylabel: str, title: str) -> None:
+    """Test error versus training step, one line per method, log scale."""
+    plt = _pyplot()
+    figure, axes = plt.subplots(figsize=(6, 3.6), dpi=90)
+    for label, (steps, errors) in curves.items():
+        axes.plot(list(steps), list(errors), label=label, linewidth=1.5)
+    axes.set_yscale("log")
+    axes.set_xlabel("training step")
+    axes.set_ylabel(ylabel)
+    axes.set_title(title, fontsize=10)
+    axes.grid(alpha=0.3)
+    axes.legend(fontsize=8)
+    _save(figure, path)
+
+
+def plot_bars(path: str, groups: dict[str, dict[str, float]], title: str, log: bool = False) -> None:
+    """One panel per group (e.g. "training time (s)"), one bar per method."""
+    plt = _pyplot()
+    figure, panels = plt.subplots(1, len(groups), figsize=(3.2 * len(groups), 3.6), dpi=90, squeeze=False)
+    for axes, (name, values) in zip(panels[0], groups.items()):
+        labels = list(values)
+        axes.bar(range(len(labels)), [values[label] for label in labels], color=[f"C{i}" for i in range(len(labels))])
+        axes.set_xticks(range(len(labels)), labels, rotation=30, ha="right", fontsize=8)
+        axes.set_title(name, fontsize=9)
+        if log:
+            axes.set_yscale("log")
+        axes.grid(axis="y", alpha=0.3)
+    figure.suptitle(title, fontsize=10)
+    _save(figure, path)
+
+
+def _save(figure, path: str) -> None:
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    figure.tight_layout()
+    figure.savefig(path)
+    _pyplot().close(figure)
+    print(f"wrote {path}")
