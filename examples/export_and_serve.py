@@ -31,17 +31,12 @@ import sys
 import tempfile
 import time
 
-os.environ.setdefault("KERAS_BACKEND", "tensorflow")
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+import harness  # the examples' shared helpers; sets KERAS_BACKEND before keras is imported
+import keras
+import numpy as np
+import tensorflow as tf
 
-import keras  # noqa: E402
-import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
-import tensorflow_probability as tfp  # noqa: E402
-
-import keras_tlnode  # noqa: E402
-
-tf.get_logger().setLevel("ERROR")
+import keras_tlnode
 
 DAMPING = 0.2
 T_FINAL = 0.2
@@ -129,37 +124,7 @@ def train(model: keras.Model, x: np.ndarray, y: np.ndarray, epochs: int, batch_s
     return time.perf_counter() - start
 
 
-class DormandPrinceODE(keras.layers.Layer):
-    """The same vector field integrated over [0, t_final] by tfp's adaptive DormandPrince."""
-
-    def __init__(self, field: keras.layers.Layer, t_final: float, tolerance: float, solver_dtype: str, **kwargs):
-        super().__init__(**kwargs)
-        self.field, self.t_final, self.tolerance, self.solver_dtype = field, t_final, tolerance, solver_dtype
-
-    def call(self, x: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-        solver = tfp.math.ode.DormandPrince(rtol=self.tolerance, atol=self.tolerance)
-        results = solver.solve(
-            lambda t, y: tf.cast(self.field(tf.cast(y, x.dtype)), self.solver_dtype),
-            tf.constant(0.0, self.solver_dtype),
-            tf.cast(x, self.solver_dtype),
-            solution_times=tf.constant([self.t_final], self.solver_dtype),
-        )
-        return tf.cast(results.states[-1], x.dtype), results.diagnostics.num_ode_fn_evaluations
-
-
 # ---------------------------------------------------------------- measurements
-
-
-def median_seconds(fn, x: tf.Tensor, repeats: int) -> float:
-    """Median wall-clock of `fn(x)` (results fetched), after two warm-up calls."""
-    for _ in range(2):
-        tf.nest.map_structure(lambda t: t.numpy(), fn(x))
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        tf.nest.map_structure(lambda t: t.numpy(), fn(x))
-        times.append(time.perf_counter() - start)
-    return float(np.median(times))
 
 
 def serve_in_plain_tensorflow(path: str, batch: np.ndarray) -> dict:
@@ -288,10 +253,13 @@ def main(argv: list[str] | None = None) -> dict:
         "TL-NODE, served SavedModel": (served.serve, ode.nfe),
     }
     for tolerance, dtype in ((1e-8, "float64"), (1e-5, "float32")):
-        layer = DormandPrinceODE(ode.vector_field, T_FINAL, tolerance, dtype)
-        function = tf.function(layer)
+        # `solve` runs in its inputs' dtype; f itself stays float32.
+        layer = keras_tlnode.DormandPrinceODE(ode.vector_field, t_final=T_FINAL, rtol=tolerance, atol=tolerance)
+        function = tf.function(lambda t, layer=layer, dtype=dtype: layer.solve(tf.cast(t, dtype)))
         nfe = int(function(tensor)[1])
-        solvers[f"DormandPrince rtol=atol={tolerance:g} ({dtype})"] = (lambda t, f=function: f(t)[0], nfe)
+        solvers[f"DormandPrince rtol=atol={tolerance:g} ({dtype})"] = (
+            lambda t, f=function: tf.cast(f(t)[0], tf.float32), nfe
+        )
     latency = {}
     print(f"\n   Latency per batch of {SERVE_BATCH} (median of {args.repeats} calls). Last columns: MSE against the"
           "\n   true pendulum, and max |difference| from the tight DormandPrince solve of the same learned field:")
@@ -299,7 +267,7 @@ def main(argv: list[str] | None = None) -> dict:
     outputs = {name: fn(tensor).numpy() for name, (fn, _) in solvers.items()}
     reference = outputs[next(name for name in solvers if "1e-08" in name)]
     for name, (fn, nfe) in solvers.items():
-        ms = 1e3 * median_seconds(fn, tensor, args.repeats)
+        ms = 1e3 * harness.median_seconds(fn, [tensor] * (args.repeats + 2))
         latency[name] = ms
         mse = float(np.mean((outputs[name] - truth) ** 2))
         gap = float(np.max(np.abs(outputs[name] - reference)))

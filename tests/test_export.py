@@ -541,13 +541,9 @@ def test_tflite_converts_a_dynamic_batch_export_to_builtin_ops(tmp_path):
 
 @pytest.mark.slow
 def test_example_trains_exports_and_serves(tmp_path, capsys):
-    import importlib.util
-    import pathlib
+    from example_loader import load_example
 
-    path = pathlib.Path(__file__).resolve().parent.parent / "examples" / "export_and_serve.py"
-    spec = importlib.util.spec_from_file_location("_example_export_and_serve", path)
-    example = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(example)
+    example = load_example("export_and_serve")
     result = example.main(["--dir", str(tmp_path), "--samples", "256", "--epochs", "2", "--repeats", "3"])
     assert os.path.isdir(tmp_path / "1" / "variables")
     assert result["parity"] <= TOLERANCE
