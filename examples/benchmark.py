@@ -1,53 +1,40 @@
-"""Benchmarks behind the README's numbers, printed as ratios (this machine is noisy).
+"""The numbers behind the README, side by side in one process, printed as ratios (this machine is noisy).
 
-Part (a): the cost of `taylor_coefficients` at orders 0..4 relative to one
-evaluation of f, for an MLP of width 256 at batch 1024, with and without XLA.
+(a) Cost of `taylor_coefficients` at orders 0..4 relative to one evaluation of f,
+    for an MLP 32-256-256-32 (tanh) at batch 1024, in a graph and under XLA.
+(b) Inference latency per batch of TL-NODE against DormandPrince at matched
+    accuracy: f is a known vector field (the stiff linear system of
+    `stiff_dynamics.py` at Δt = 0.002, where λΔt = -2 for its fast mode, and
+    Van der Pol with μ = 8 at Δt = 0.05), TL-NODE's Γ_φ is fitted to
+    it by `TLNODEModel` (f frozen), and DormandPrince gets the loosest tolerance
+    whose one-step error is no larger than TL-NODE's.
+(c) The quick stiff-dynamics and classification comparisons
+    (`stiff_dynamics.py --quick`, `classification.py --quick`).
 
-    python examples/benchmark.py [--repeats 10] [--json PATH]
+    python examples/benchmark.py [--parts a b c] [--json PATH] [--out DIR]
 """
 
 from __future__ import annotations
 
 import argparse
 import functools
-import json
-import os
-import platform
-import time
-from typing import Callable
+import sys
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+import harness  # the examples' shared helpers; sets KERAS_BACKEND before keras is imported
+import keras
+import numpy as np
+import tensorflow as tf
 
-import keras  # noqa: E402
-import tensorflow as tf  # noqa: E402
+import keras_tlnode
 
-import keras_tlnode as kt  # noqa: E402
-
-
-def median_seconds(fn: Callable[[tf.Tensor], object], inputs: list[tf.Tensor]) -> float:
-    """Median wall-clock of `fn(x)` over `inputs[2:]`, after two warm-up calls.
-
-    Every call gets a new input: XLA folds inputs it treats as compile-time
-    constants into the executable, so timing one input again and again measures
-    a cached, constant-folded result instead of the computation.
-    """
-    for x in inputs[:2]:
-        _block(fn(x))
-    times = []
-    for x in inputs[2:]:
-        start = time.perf_counter()
-        _block(fn(x))
-        times.append(time.perf_counter() - start)
-    return sorted(times)[len(times) // 2]
-
-
-def _block(result: object) -> None:
-    """Waits for the result, so the timing covers the computation."""
-    tf.nest.map_structure(lambda t: t.numpy(), result)
+# ---------------------------------------------------------------- (a) Taylor cost
 
 
 def taylor_cost(width: int, state: int, batch: int, max_order: int, repeats: int) -> dict:
-    """Seconds per call of f and of taylor_coefficients(f, x, k), and their ratios."""
+    """Seconds per call of f and of taylor_coefficients(f, x, k), and their ratios, graph and XLA.
+
+    Every call gets a new input (see `harness.median_seconds`).
+    """
     keras.utils.set_random_seed(0)
     field = keras.Sequential(
         [
@@ -60,41 +47,182 @@ def taylor_cost(width: int, state: int, batch: int, max_order: int, repeats: int
     inputs = [tf.random.uniform((batch, state), -1.0, 1.0) for _ in range(repeats + 2)]
     results = {}
     for xla in (False, True):
-        plain = median_seconds(tf.function(field, jit_compile=xla), inputs)
+        plain = harness.median_seconds(tf.function(field, jit_compile=xla), inputs)
         rows = {}
         for order in range(max_order + 1):
-            coefficients = functools.partial(kt.taylor_coefficients, field, order=order)
-            seconds = median_seconds(tf.function(coefficients, jit_compile=xla), inputs)
+            coefficients = functools.partial(keras_tlnode.taylor_coefficients, field, order=order)
+            seconds = harness.median_seconds(tf.function(coefficients, jit_compile=xla), inputs)
             rows[order] = {"seconds": seconds, "ratio_to_f": seconds / plain}
         results["xla" if xla else "graph"] = {"f_seconds": plain, "orders": rows}
     return results
 
 
-def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--repeats", type=int, default=10)
-    parser.add_argument("--max-order", type=int, default=4)
-    parser.add_argument("--json", help="write the results to this JSON file")
-    args = parser.parse_args(argv)
-
-    report = {
-        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "tensorflow": tf.__version__},
-        "taylor_cost": taylor_cost(256, 32, 1024, args.max_order, args.repeats),
-    }
+def print_taylor_cost(cost: dict, max_order: int) -> None:
     print("(a) taylor_coefficients cost relative to one f evaluation (MLP 32-256-256-32, batch 1024)")
     print(f"{'order':>5} {'graph':>8} {'XLA':>8}")
-    for order in range(args.max_order + 1):
-        graph = report["taylor_cost"]["graph"]["orders"][order]["ratio_to_f"]
-        xla = report["taylor_cost"]["xla"]["orders"][order]["ratio_to_f"]
+    for order in range(max_order + 1):
+        graph = cost["graph"]["orders"][order]["ratio_to_f"]
+        xla = cost["xla"]["orders"][order]["ratio_to_f"]
         print(f"{order:>5} {graph:>7.1f}x {xla:>7.1f}x")
-    f_graph = report["taylor_cost"]["graph"]["f_seconds"] * 1e3
-    f_xla = report["taylor_cost"]["xla"]["f_seconds"] * 1e3
-    print(f"one f evaluation: {f_graph:.3f} ms (graph), {f_xla:.3f} ms (XLA)")
+    print(f"one f evaluation: {cost['graph']['f_seconds'] * 1e3:.3f} ms (graph), "
+          f"{cost['xla']['f_seconds'] * 1e3:.3f} ms (XLA)\n")
+
+
+# ---------------------------------------------------------------- (b) inference latency
+
+
+class VanDerPol(keras.layers.Layer):
+    """The known field dx/dt = y, dy/dt = μ(1 - x²) y - x."""
+
+    def __init__(self, mu: float = 8.0, **kwargs):
+        super().__init__(**kwargs)
+        self.mu = mu
+
+    def call(self, state: tf.Tensor) -> tf.Tensor:
+        x, y = state[:, :1], state[:, 1:]
+        return tf.concat([y, self.mu * (1.0 - x * x) * y - x], axis=-1)
+
+
+def stiff_field() -> keras.layers.Layer:
+    """The stiff linear system of `stiff_dynamics.py`, dx/dt = A x, as a frozen Dense layer."""
+    from stiff_dynamics import system_matrix
+
+    field = keras.layers.Dense(2, use_bias=False, trainable=False)
+    field.build((None, 2))
+    field.set_weights([system_matrix().T.astype("float32")])
+    return field
+
+
+SYSTEMS = {
+    "stiff linear, dt=0.002": (stiff_field, 0.002, 0.5),
+    "Van der Pol mu=8, dt=0.05": (VanDerPol, 0.05, 3.0),
+}
+TOLERANCES = (1e-2, 1e-3, 1e-4, 1e-5, 1e-6, 1e-7)
+
+
+def reference_solution(field: keras.layers.Layer, x: np.ndarray, dt: float) -> np.ndarray:
+    """The truth: DormandPrince at rtol = atol = 1e-12 in float64."""
+    teacher = keras_tlnode.DormandPrinceTeacher(rtol=1e-12, atol=1e-12, max_num_steps=100_000)
+    return tf.function(lambda s: teacher.solve(field, s, dt).states)(tf.constant(x)).numpy()
+
+
+def relative_error(prediction: np.ndarray, truth: np.ndarray) -> float:
+    return float(np.linalg.norm(prediction - truth) / np.linalg.norm(truth))
+
+
+def fitted_tl_node(field: keras.layers.Layer, dt: float, x: np.ndarray, y: np.ndarray, epochs: int):
+    """TL-NODE (order 1 + correction) on the frozen `field`, Γ_φ fitted by the teacher on the states `x`."""
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((2,))
+    ode = keras_tlnode.TaylorLagrangeODE(
+        field, order=1, t_final=dt, correction=keras_tlnode.MidpointCorrection(hidden_units=(16,))
+    )
+    model = keras_tlnode.TLNODEModel(inputs, ode(inputs))
+    # Not XLA: with slicing in f (Van der Pol), XLA's forward-mode slices have no
+    # gradient (XlaDynamicUpdateSlice), which the correction phase needs.
+    model.compile(optimizer="adam", loss="mse", correction_every=1, jit_compile=False)
+    model.fit(x, y, batch_size=256, epochs=epochs, verbose=0)
+    return model, ode
+
+
+def matched_latency(name: str, batch: int, repeats: int, epochs: int) -> dict:
+    """TL-NODE's one-step error and latency, and DormandPrince's at the loosest tolerance as accurate."""
+    make_field, dt, scale = SYSTEMS[name]
+    field = make_field()
+    rng = np.random.default_rng(0)
+    train = rng.uniform(-scale, scale, (4096, 2)).astype("float32")
+    tests = [rng.uniform(-scale, scale, (batch, 2)).astype("float32") for _ in range(repeats + 2)]
+    truth = reference_solution(field, tests[0], dt)
+    model, ode = fitted_tl_node(field, dt, train, reference_solution(field, train, dt), epochs)
+    plain = keras_tlnode.TaylorLagrangeODE(field, order=1, t_final=dt)
+    tl_predict = tf.function(lambda s: model(s, training=False), jit_compile=True)
+    result = {
+        "tl_node": {
+            "error": relative_error(tl_predict(tests[0]).numpy(), truth),
+            "nfe": ode.nfe,
+            "ms": 1e3 * harness.median_seconds(tl_predict, tests),
+        },
+        "taylor2_error": relative_error(plain(tests[0]).numpy(), truth),
+        "dopri5": [],
+    }
+    for tolerance in TOLERANCES:
+        layer = keras_tlnode.DormandPrinceODE(field, t_final=dt, rtol=tolerance, atol=tolerance)
+        solve = tf.function(layer.solve, jit_compile=True)  # XLA: 2-6x faster than the graph here
+        states, nfe = solve(tests[0])
+        row = {"tolerance": tolerance, "error": relative_error(states.numpy(), truth), "nfe": int(nfe)}
+        row["ms"] = 1e3 * harness.median_seconds(lambda s, solve=solve: solve(s)[0], tests)
+        result["dopri5"].append(row)
+    as_accurate = [row for row in result["dopri5"] if row["error"] <= result["tl_node"]["error"]]
+    matched = as_accurate[0] if as_accurate else result["dopri5"][-1]
+    result["matched"] = {
+        "tolerance": matched["tolerance"],
+        "reached": bool(as_accurate),
+        "speedup": matched["ms"] / result["tl_node"]["ms"],
+        "nfe_ratio": matched["nfe"] / result["tl_node"]["nfe"],
+    }
+    return result
+
+
+def print_latency(name: str, result: dict, batch: int) -> None:
+    tl = result["tl_node"]
+    print(f"(b) {name}, batch {batch}: one-step relative error, f-evaluations and latency per batch")
+    print(f"    TL-NODE (order 1 + correction)  error {tl['error']:.2e}  nfe {tl['nfe']:4d}  {tl['ms']:7.2f} ms"
+          f"   (uncorrected Taylor 2: error {result['taylor2_error']:.2e})")
+    for row in result["dopri5"]:
+        print(f"    DormandPrince tol {row['tolerance']:.0e}     error {row['error']:.2e}  nfe {row['nfe']:4d}  "
+              f"{row['ms']:7.2f} ms  ({row['ms'] / tl['ms']:.1f}x TL-NODE)")
+    matched = result["matched"]
+    verdict = "as accurate" if matched["reached"] else "none as accurate; the most accurate"
+    print(f"    matched accuracy ({verdict}: tol {matched['tolerance']:.0e}): TL-NODE {matched['speedup']:.1f}x "
+          f"faster, {matched['nfe_ratio']:.1f}x fewer f-evaluations\n")
+
+
+# ---------------------------------------------------------------- (c) examples
+
+
+def quick_examples(out: str) -> dict:
+    """The quick comparisons of the stiff and classification examples, in this process."""
+    import classification
+    import stiff_dynamics
+
+    print("(c) stiff_dynamics.py --quick")
+    stiff = stiff_dynamics.main(["--quick", "--out", out])
+    print("\n(c) classification.py --quick")
+    digits = classification.main(["--quick", "--out", out])
+    return {"stiff_dynamics": stiff, "classification": digits}
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--parts", nargs="+", choices=["a", "b", "c"], default=["a", "b", "c"])
+    parser.add_argument("--repeats", type=int, default=10, help="timed calls per measurement")
+    parser.add_argument("--max-order", type=int, default=4, help="highest order in part (a)")
+    parser.add_argument("--batch", type=int, default=1024, help="prediction batch in part (b)")
+    parser.add_argument("--correction-epochs", type=int, default=20, help="epochs fitting Γ_φ in part (b)")
+    parser.add_argument("--json", metavar="PATH", help="write the results as JSON to PATH")
+    parser.add_argument("--out", metavar="DIR", default=".", help="directory for the plots of part (c)")
+    args = parser.parse_args(argv)
+    for name in ("repeats", "batch", "correction_epochs"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    if not 0 <= args.max_order <= 6:
+        parser.error(f"--max-order must be in [0, 6], got {args.max_order}")
+
+    report = {"environment": harness.environment()}
+    if "a" in args.parts:
+        report["taylor_cost"] = taylor_cost(256, 32, 1024, args.max_order, args.repeats)
+        print_taylor_cost(report["taylor_cost"], args.max_order)
+    if "b" in args.parts:
+        report["inference"] = {}
+        for name in SYSTEMS:
+            report["inference"][name] = matched_latency(name, args.batch, args.repeats, args.correction_epochs)
+            print_latency(name, report["inference"][name], args.batch)
+    if "c" in args.parts:
+        report["examples"] = quick_examples(args.out)
     if args.json:
-        with open(args.json, "w") as file:
-            json.dump(report, file, indent=2)
+        harness.write_json(report, args.json)
     return report
 
 
 if __name__ == "__main__":
-    main()
+    main(sys.argv[1:])
