@@ -88,8 +88,9 @@ class DormandPrinceODE(ODELayer):
     is not fixed: `solve` returns the f-evaluations of a call.
 
     The solver runs in the inputs' dtype (tfp's adjoint needs the state and
-    the weights in one dtype). In float32, tolerances below about 1e-6 cost
-    more steps without making the solution more accurate.
+    the weights in one dtype). In float32, tolerances below about 1e-6 to 1e-7
+    (it depends on the field: measure) cost more steps without making the
+    solution more accurate.
 
     Args:
         vector_field: Keras layer or model computing f_θ, output shaped like its
