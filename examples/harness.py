@@ -64,15 +64,30 @@ def median_seconds(fn: Callable[[object], object], inputs: list, warmup: int = 2
     return float(np.median(times))
 
 
+def training_pipeline(
+    x: np.ndarray, y: np.ndarray, batch_size: int, seed: int, drop_remainder: bool = False
+) -> tf.data.Dataset:
+    """Pairs (x, y) reshuffled every epoch, in the same seeded order for every method of an example.
+
+    A tf.data pipeline built once costs far less per epoch than Keras's NumPy
+    adapter, which matters at a few steps per epoch. `drop_remainder` keeps
+    every batch full, for fields that XLA cannot compile for a batch of
+    unknown size (README, "Limitations").
+    """
+    pairs = tf.data.Dataset.from_tensor_slices((x, y)).shuffle(len(x), seed=seed, reshuffle_each_iteration=True)
+    return pairs.batch(batch_size, drop_remainder=drop_remainder).prefetch(tf.data.AUTOTUNE)
+
+
 class TrainingLog(keras.callbacks.Callback):
     """One progress line per run, the test error every `every` training steps, and timings.
 
     `evaluate()` returns the test error of the model as it is; its time is
     measured and left out of `train_seconds`, so the curve costs the method
     nothing. `step_ms` is the steady-state time per training step: the mean over
-    the epochs after the first (tracing and compilation happen in it); a mean,
-    not a median, because TL-NODE's correction phase runs in some epochs more
-    often than in others, and a median epoch would leave its cost out. The line is rewritten in place on a terminal and printed once per
+    the second half of the epochs, after tracing and compilation (which can
+    happen twice: a step that creates optimizer variables is traced again); a
+    mean, not a median, because TL-NODE's correction phase runs in some epochs
+    more often than in others, and a median epoch would leave its cost out. The line is rewritten in place on a terminal and printed once per
     tenth of the run otherwise (logs, CI).
 
     Args:
@@ -125,7 +140,7 @@ class TrainingLog(keras.callbacks.Callback):
         if self.evaluate is not None and self.steps[-1] != self._step:
             self._record()
         self.train_seconds = time.perf_counter() - self._start - self._eval_seconds
-        steady = self._epoch_seconds[1:] or self._epoch_seconds
+        steady = self._epoch_seconds[len(self._epoch_seconds) // 2 :]
         if steady and self.params.get("steps"):
             self.step_ms = 1e3 * float(np.mean(steady)) / self.params["steps"]
         if self._interactive:
@@ -160,7 +175,8 @@ def write_json(report: dict, path: str) -> None:
     print(f"wrote {path}")
 
 
-def _pyplot():
+def pyplot():
+    """matplotlib's pyplot on the file-only Agg backend."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -171,7 +187,7 @@ def _pyplot():
 
 def plot_curves(path: str, curves: dict[str, tuple[Iterable[int], Iterable[float]]], ylabel: str, title: str) -> None:
     """Test error versus training step, one line per method, log scale."""
-    plt = _pyplot()
+    plt = pyplot()
     figure, axes = plt.subplots(figsize=(6, 3.6), dpi=90)
     for label, (steps, errors) in curves.items():
         axes.plot(list(steps), list(errors), label=label, linewidth=1.5)
@@ -181,12 +197,12 @@ def plot_curves(path: str, curves: dict[str, tuple[Iterable[int], Iterable[float
     axes.set_title(title, fontsize=10)
     axes.grid(alpha=0.3)
     axes.legend(fontsize=8)
-    _save(figure, path)
+    save_figure(figure, path)
 
 
 def plot_bars(path: str, groups: dict[str, dict[str, float]], title: str, log: bool = False) -> None:
     """One panel per group (e.g. "training time (s)"), one bar per method."""
-    plt = _pyplot()
+    plt = pyplot()
     figure, panels = plt.subplots(1, len(groups), figsize=(3.2 * len(groups), 3.6), dpi=90, squeeze=False)
     for axes, (name, values) in zip(panels[0], groups.items()):
         labels = list(values)
@@ -197,12 +213,13 @@ def plot_bars(path: str, groups: dict[str, dict[str, float]], title: str, log: b
             axes.set_yscale("log")
         axes.grid(axis="y", alpha=0.3)
     figure.suptitle(title, fontsize=10)
-    _save(figure, path)
+    save_figure(figure, path)
 
 
-def _save(figure, path: str) -> None:
+def save_figure(figure, path: str) -> None:
+    """Writes `figure` to `path` (creating its directory) and closes it."""
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     figure.tight_layout()
     figure.savefig(path)
-    _pyplot().close(figure)
+    pyplot().close(figure)
     print(f"wrote {path}")

@@ -171,16 +171,6 @@ def build_model(method: str, config: dict) -> tuple[keras.Model, keras.layers.La
     return model, ode
 
 
-def training_data(data: dict, batch_size: int, seed: int) -> tf.data.Dataset:
-    """The training pairs, reshuffled every epoch; one pipeline for every method.
-
-    A tf.data pipeline built once costs far less per epoch than Keras's
-    NumPy adapter, which matters at 8 steps per epoch (quick mode).
-    """
-    pairs = tf.data.Dataset.from_tensor_slices((data["x"], data["y"]))
-    return pairs.shuffle(len(data["x"]), seed=seed).batch(batch_size).prefetch(tf.data.AUTOTUNE)
-
-
 def rollout_layer(ode: keras.layers.Layer, num_steps: int) -> keras.layers.Layer:
     """`num_steps` steps of the trained `ode` with its states at every step, sharing its weights."""
     horizon = dict(num_steps=num_steps, t_final=num_steps * DT, return_trajectory=True)
@@ -237,7 +227,7 @@ def run_method(method: str, data: dict, config: dict, position: str) -> dict:
     model, ode = build_model(method, config)
     every = max(1, config["total_steps"] // CURVE_POINTS)
     log = harness.TrainingLog(f"{position} {METHODS[method]}", lambda: one_step_mse(model, data), every=every)
-    dataset = training_data(data, config["batch_size"], config["seed"])
+    dataset = harness.training_pipeline(data["x"], data["y"], config["batch_size"], config["seed"])
     # The dataset reshuffles itself every epoch; `shuffle` only applies to arrays.
     history = model.fit(dataset, epochs=config["epochs"], shuffle=False, verbose=0, callbacks=[log])
     result = {
