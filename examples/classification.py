@@ -44,7 +44,7 @@ default keeps that fraction of an epoch: every 10 steps on the digits (15 steps
 per epoch), every 400 on MNIST.
 
 Reported per method: test accuracy, training wall-clock time (all of `fit`,
-tracing included) and mean time per training step after the first epoch,
+tracing included) and mean time per training step over the second half of the epochs,
 evaluation time (inference on the whole test set in batches, median of 5
 passes), and f-evaluations per solve (fixed for the fixed-step layers; for
 DormandPrince the mean over the test batches). Printed as a table, written as
@@ -247,12 +247,8 @@ def build_network(method: str, dim: int, seed: int, tolerance: float) -> Network
 
 
 def compile_network(network: Network, method: str, config: dict) -> None:
-    initial, final = LEARNING_RATE
-    schedule = keras.optimizers.schedules.ExponentialDecay(
-        initial, decay_steps=max(config["total_steps"], 1), decay_rate=final / initial
-    )
     options = dict(
-        optimizer=keras.optimizers.Adam(schedule),
+        optimizer=harness.decaying_adam(*LEARNING_RATE, config["total_steps"]),
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
         metrics=["accuracy"],
         jit_compile=False,  # see the module docstring, "XLA"
@@ -291,8 +287,7 @@ def evaluate(network: Network, data: Data, batch_size: int, jit_compile: bool, s
     infer = inference_function(network, jit_compile)
     outputs = [infer(batch) for batch in batches(data.x_test, batch_size)]
     logits = np.concatenate([np.asarray(out[0]) for out in outputs])
-    # Every pass sees the test set in a new order: XLA can fold an input it
-    # has seen into the executable, and a repeated input would time that.
+    # Every pass sees the test set in a new order (see `harness.median_seconds`).
     rng = np.random.default_rng(seed)
     passes = [batches(data.x_test[rng.permutation(len(data.x_test))], batch_size) for _ in range(EVAL_REPEATS + 2)]
     seconds = harness.median_seconds(lambda pass_: [infer(batch) for batch in pass_], passes)
@@ -354,11 +349,7 @@ def comparisons(results: dict) -> dict:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    mode = parser.add_mutually_exclusive_group()
-    mode.add_argument("--quick", dest="mode", action="store_const", const="quick", help="20 epochs (default)")
-    mode.add_argument("--full", dest="mode", action="store_const", const="full", help="50 epochs")
-    parser.set_defaults(mode="quick")
+    parser = harness.example_parser(__doc__.splitlines()[0], "20 epochs", "50 epochs")
     parser.add_argument("--mnist", metavar="PATH", help="train on MNIST from this local Keras mnist.npz")
     parser.add_argument("--epochs", type=int, help="training epochs (default: per mode)")
     parser.add_argument("--train-samples", type=int, help="use at most this many training examples")
@@ -372,19 +363,13 @@ def build_parser() -> argparse.ArgumentParser:
                         help="rtol = atol of the DormandPrince baseline (default: %(default)g)")
     parser.add_argument("--methods", nargs="+", choices=list(METHODS), default=list(METHODS),
                         help=f"methods to compare; must include the baseline, {BASELINE}")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--json", metavar="PATH", help="also write the results as JSON to PATH")
-    parser.add_argument("--out", metavar="DIR", default=".", help="directory for the PNG chart (default: .)")
     return parser
 
 
 def parse_args(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
     args = parser.parse_args(argv)
-    for name in ("epochs", "train_samples", "test_samples", "batch_size", "eval_batch_size",
-                 "steps_per_execution", "correction_every"):
-        value = getattr(args, name)
-        if value is not None and value < 1:
-            parser.error(f"--{name.replace('_', '-')} must be >= 1, got {value}")
+    harness.check_flags(parser, args, ("epochs", "train_samples", "test_samples", "batch_size", "eval_batch_size",
+                                        "steps_per_execution", "correction_every"))
     if not (math.isfinite(args.tolerance) and args.tolerance > 0):
         parser.error(f"--tolerance must be a finite number > 0, got {args.tolerance}")
     if BASELINE not in args.methods:
@@ -474,7 +459,7 @@ def main(argv: list[str] | None = None) -> dict:
     harness.plot_bars(
         os.path.join(args.out, "classification.png"),
         relative_scores(results),
-        f"Classification, {dataset}: each score / DormandPrince's (= 1); training time per step after the first epoch",
+        f"Classification, {dataset}: each score / DormandPrince's (= 1); training time = steady time per step",
     )
     report = {"config": config, "environment": harness.environment(), "methods": results, "comparisons": ratios}
     if args.json:

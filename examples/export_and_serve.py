@@ -211,7 +211,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--export-times", action="store_true", help="only measure export times for orders 1..4")
     parser.add_argument("--export-repeats", type=int, default=3)
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    harness.check_flags(parser, args, ("samples", "epochs", "batch_size", "repeats", "export_repeats"))
+    return args
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -6,6 +6,7 @@ imported as a sibling; nothing here is part of the keras_tlnode package.
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import platform
@@ -42,6 +43,66 @@ def environment() -> dict:
     }
 
 
+def example_parser(description: str, quick_help: str, full_help: str) -> argparse.ArgumentParser:
+    """The command line every example shares: --quick (default) or --full, --seed, --json PATH, --out DIR."""
+    parser = argparse.ArgumentParser(description=description)
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument("--quick", dest="mode", action="store_const", const="quick", help=f"{quick_help} (default)")
+    mode.add_argument("--full", dest="mode", action="store_const", const="full", help=full_help)
+    parser.set_defaults(mode="quick")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--json", metavar="PATH", help="also write the results as JSON to PATH")
+    parser.add_argument("--out", metavar="DIR", default=".", help="directory for the PNG plots (default: .)")
+    return parser
+
+
+def check_flags(parser: argparse.ArgumentParser, args: argparse.Namespace, at_least_one: tuple[str, ...]) -> None:
+    """Rejects, naming the flag, counts below 1 and repeated `--methods`."""
+    for name in at_least_one:
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            parser.error(f"--{name.replace('_', '-')} must be >= 1, got {value}")
+    methods = getattr(args, "methods", None)
+    if methods is not None and len(set(methods)) != len(methods):
+        parser.error(f"--methods must not repeat a method, got {methods}")
+
+
+def decaying_adam(initial: float, final: float, total_steps: int) -> keras.optimizers.Adam:
+    """Adam whose learning rate decays exponentially from `initial` to `final` over `total_steps`."""
+    schedule = keras.optimizers.schedules.ExponentialDecay(
+        initial, decay_steps=max(total_steps, 1), decay_rate=final / initial
+    )
+    return keras.optimizers.Adam(schedule)
+
+
+def rollout_layer(ode: keras.layers.Layer, num_steps: int) -> keras.layers.Layer:
+    """The trained one-step `ode` over `num_steps` of its steps, returning the trajectory, sharing its weights.
+
+    For the fixed-step layers this is the autoregressive rollout; DormandPrince
+    solves the whole horizon adaptively and reports the states every Δt.
+    """
+    horizon = dict(num_steps=num_steps, t_final=num_steps * ode.step_size, return_trajectory=True)
+    if isinstance(ode, keras_tlnode.DormandPrinceODE):
+        return keras_tlnode.DormandPrinceODE(ode.vector_field, rtol=ode.rtol, atol=ode.atol, **horizon)
+    return keras_tlnode.TaylorLagrangeODE(
+        ode.vector_field, order=ode.order, correction=ode.correction, method=ode.method, **horizon
+    )
+
+
+def nfe_per_call(ode: keras.layers.Layer, batches: list) -> float:
+    """f-evaluations per call: fixed for the fixed-step layers, the mean over `batches` for DormandPrince."""
+    if isinstance(ode, keras_tlnode.DormandPrinceODE):
+        solve = tf.function(ode.solve)
+        return float(np.mean([int(solve(tf.constant(batch))[1]) for batch in batches]))
+    return float(ode.nfe)
+
+
+def relative_l2(prediction: np.ndarray, truth: np.ndarray) -> float:
+    """‖prediction - truth‖ / ‖truth‖, in float64."""
+    prediction, truth = np.asarray(prediction, np.float64), np.asarray(truth, np.float64)
+    return float(np.linalg.norm(prediction - truth) / np.linalg.norm(truth))
+
+
 def block(result: object) -> None:
     """Waits for every tensor of `result`, so a timing covers the computation."""
     tf.nest.map_structure(lambda t: np.asarray(t), result)
@@ -51,9 +112,12 @@ def median_seconds(fn: Callable[[object], object], inputs: list, warmup: int = 2
     """Median wall-clock of `fn(x)` over `inputs[warmup:]`, after `warmup` calls on the first inputs.
 
     Give every call a new input: XLA folds inputs it treats as compile-time
-    constants into the executable, so timing one input again and again can
-    measure a cached, constant-folded result instead of the computation.
+    constants into the executable (README, "Limitations": Taylor steps from
+    order 2), so timing one input again and again can measure a cached,
+    constant-folded result instead of the computation.
     """
+    if len(inputs) <= warmup:
+        raise ValueError(f"`inputs` must hold more than {warmup} inputs (the warm-up ones), got {len(inputs)}.")
     for x in inputs[:warmup]:
         block(fn(x))
     times = []

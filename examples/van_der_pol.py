@@ -178,33 +178,16 @@ def build_ode(method: str, config: dict) -> keras.layers.Layer:
     raise ValueError(f"unknown method {method!r}; choose from {sorted(METHODS)}")
 
 
-def rollout_layer(ode: keras.layers.Layer, num_steps: int) -> keras.layers.Layer:
-    """`num_steps` steps of Δt of the trained `ode`, sharing its layers, returning the trajectory."""
-    t_final = num_steps * ode.step_size
-    if isinstance(ode, keras_tlnode.DormandPrinceODE):
-        return keras_tlnode.DormandPrinceODE(
-            ode.vector_field, num_steps=num_steps, t_final=t_final, rtol=ode.rtol, atol=ode.atol,
-            return_trajectory=True,
-        )
-    return keras_tlnode.TaylorLagrangeODE(
-        ode.vector_field, order=ode.order, num_steps=num_steps, t_final=t_final,
-        correction=ode.correction, method=ode.method, return_trajectory=True,
-    )
-
-
 def compile_model(method: str, ode: keras.layers.Layer, config: dict) -> keras.Model:
     """The one-step model of `ode`, compiled with the shared schedule and `method`'s XLA setting."""
     inputs = keras.Input((2,))
     model_class = keras_tlnode.TLNODEModel if method == "tl_node" else keras.Model
     model = model_class(inputs, ode(inputs))
-    initial, final = config["learning_rate"]
-    schedule = keras.optimizers.schedules.ExponentialDecay(
-        initial, decay_steps=config["training_steps"], decay_rate=final / initial
-    )
     options = {"jit_compile": config["jit_compile"][method], "steps_per_execution": config["steps_per_execution"]}
     if method == "tl_node":
         options["correction_every"] = config["correction_every"]
-    model.compile(optimizer=keras.optimizers.Adam(schedule), loss="mse", **options)
+    optimizer = harness.decaying_adam(*config["learning_rate"], config["training_steps"])
+    model.compile(optimizer=optimizer, loss="mse", **options)
     return model
 
 
@@ -226,7 +209,7 @@ def test_pairs(test: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 def rollout(ode: keras.layers.Layer, x0: np.ndarray, num_steps: int) -> tuple[np.ndarray, int]:
     """The autoregressive rollout from `x0` over `num_steps` steps, and its f-evaluations."""
-    layer = rollout_layer(ode, num_steps)
+    layer = harness.rollout_layer(ode, num_steps)
     if isinstance(layer, keras_tlnode.DormandPrinceODE):
         states, nfe = tf.function(layer.solve)(tf.constant(x0))
         return np.asarray(states), int(nfe)
@@ -235,14 +218,7 @@ def rollout(ode: keras.layers.Layer, x0: np.ndarray, num_steps: int) -> tuple[np
 
 def field_error(field: keras.layers.Layer, states: np.ndarray) -> float:
     """‖f_θ - f‖ / ‖f‖ over `states`: how close the learned field is to the true one, whatever the scheme."""
-    learned = np.asarray(field(states.astype(np.float32)))
-    true = vector_field(states.astype(np.float64))
-    return float(np.linalg.norm(learned - true) / np.linalg.norm(true))
-
-
-def relative_l2(prediction: np.ndarray, truth: np.ndarray) -> float:
-    """‖prediction - truth‖ / ‖truth‖ over every state after the initial one."""
-    return float(np.linalg.norm(prediction[:, 1:] - truth[:, 1:]) / np.linalg.norm(truth[:, 1:]))
+    return harness.relative_l2(field(states.astype(np.float32)), vector_field(states.astype(np.float64)))
 
 
 def prediction_cost(ode: keras.layers.Layer, predict, x: np.ndarray, config: dict) -> tuple[float, float]:
@@ -252,11 +228,7 @@ def prediction_cost(ode: keras.layers.Layer, predict, x: np.ndarray, config: dic
     """
     rng = np.random.default_rng(config["seed"])
     batches = [x[rng.choice(len(x), config["batch_size"])] for _ in range(12)]
-    seconds = harness.median_seconds(predict, batches)
-    if isinstance(ode, keras_tlnode.DormandPrinceODE):
-        solve = tf.function(ode.solve)
-        return seconds, float(np.mean([int(solve(tf.constant(batch))[1]) for batch in batches]))
-    return seconds, float(ode.nfe)
+    return harness.median_seconds(predict, batches), harness.nfe_per_call(ode, batches[2:])
 
 
 def run_method(method: str, data: dict, config: dict) -> tuple[dict, np.ndarray]:
@@ -286,7 +258,7 @@ def run_method(method: str, data: dict, config: dict) -> tuple[dict, np.ndarray]
         "predict_ms": 1e3 * seconds,
         "final_train_loss": float(history.history["loss"][-1]),
         "one_step_mse": log.errors[-1],
-        "rollout_rel_l2": relative_l2(trajectory[:, :horizon], data["test"][:, :horizon]),
+        "rollout_rel_l2": harness.relative_l2(trajectory[:, 1:horizon], data["test"][:, 1:horizon]),
         "rollout_nfe_per_step": rollout_nfe / num_steps,
         "field_rel_l2": field_error(ode.vector_field, test_x),
         "curve": {"steps": log.steps, "one_step_mse": log.errors},
@@ -340,11 +312,7 @@ def write_plots(out: str, data: dict, results: dict, rollouts: dict[str, np.ndar
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    mode = parser.add_mutually_exclusive_group()
-    mode.add_argument("--quick", dest="mode", action="store_const", const="quick", help="small run (default)")
-    mode.add_argument("--full", dest="mode", action="store_const", const="full", help="256 trajectories, 3000 steps of batch 1024")
-    parser.set_defaults(mode="quick")
+    parser = harness.example_parser(__doc__.splitlines()[0], "small run", "256 trajectories, 3000 steps of batch 1024")
     parser.add_argument("--epochs", type=int, help="training epochs (default: per mode)")
     parser.add_argument("--trajectories", type=int, help="training trajectories (default: per mode)")
     parser.add_argument("--seconds", type=float, help="length of each training trajectory in s (default: per mode)")
@@ -361,26 +329,19 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="TL-NODE's remainder penalty λ (default: %(default)g)")
     parser.add_argument("--dp-tolerance", type=float, default=DP_TOLERANCE,
                         help="rtol = atol of the DormandPrince baseline (default: %(default)g)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--json", metavar="PATH", help="also write the results as JSON to PATH")
-    parser.add_argument("--out", metavar="DIR", default=".", help="directory of the PNG plots (default: .)")
     args = parser.parse_args(argv)
-    for name in ("epochs", "trajectories", "test_trajectories", "batch_size", "steps_per_execution"):
-        value = getattr(args, name)
-        if value is not None and value < 1:
-            parser.error(f"--{name.replace('_', '-')} must be >= 1")
+    harness.check_flags(parser, args, ("epochs", "trajectories", "test_trajectories", "batch_size",
+                                        "steps_per_execution"))
     if not (math.isfinite(args.dt) and args.dt > 0):
-        parser.error("--dt must be a finite number > 0")
+        parser.error(f"--dt must be a finite number > 0, got {args.dt}")
     for name in ("seconds", "test_seconds", "rollout_seconds"):
         value = getattr(args, name)
         if value is not None and not (math.isfinite(value) and value >= args.dt):
-            parser.error(f"--{name.replace('_', '-')} must be a finite number >= --dt")
+            parser.error(f"--{name.replace('_', '-')} must be a finite number >= --dt ({args.dt}), got {value}")
     if not (math.isfinite(args.remainder_weight) and args.remainder_weight >= 0):
-        parser.error("--remainder-weight must be a finite number >= 0")
+        parser.error(f"--remainder-weight must be a finite number >= 0, got {args.remainder_weight}")
     if not (math.isfinite(args.dp_tolerance) and args.dp_tolerance > 0):
-        parser.error("--dp-tolerance must be a finite number > 0")
-    if len(set(args.methods)) != len(args.methods):
-        parser.error("--methods must not repeat a method")
+        parser.error(f"--dp-tolerance must be a finite number > 0, got {args.dp_tolerance}")
     for name, default in MODES[args.mode].items():
         if getattr(args, name) is None:
             setattr(args, name, default)

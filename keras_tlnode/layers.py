@@ -1,4 +1,7 @@
-"""`TaylorLagrangeODE`: a neural ODE layer solved by fixed Taylor-Lagrange steps."""
+"""`TaylorLagrangeODE`: a neural ODE layer solved by fixed Taylor-Lagrange steps.
+
+`ODELayer` holds what it shares with the adaptive baseline `DormandPrinceODE`.
+"""
 
 from __future__ import annotations
 
@@ -48,10 +51,10 @@ class ODELayer(keras.layers.Layer):
             raise ValueError(f"`num_steps` must be an int >= 1, got {num_steps!r}.")
         self.vector_field = vector_field
         self.num_steps = num_steps
-        self.t_final = _finite_float(t_final, "t_final", positive=True)
-        self.t_initial = _finite_float(t_initial, "t_initial")
-        self.time_dependent = bool(time_dependent)
-        self.return_trajectory = bool(return_trajectory)
+        self.t_final = finite_float(t_final, "t_final", positive=True)
+        self.t_initial = finite_float(t_initial, "t_initial")
+        self.time_dependent = _bool(time_dependent, "time_dependent")
+        self.return_trajectory = _bool(return_trajectory, "return_trajectory")
 
     @property
     def step_size(self) -> float:
@@ -185,7 +188,7 @@ class TaylorLagrangeODE(ODELayer):
         if correction is not None and method != "taylor_lagrange":
             raise ValueError(f"`correction` only applies to method='taylor_lagrange', got method={method!r}.")
         self.order = validate_order(order)
-        self.remainder_weight = _finite_float(remainder_weight, "remainder_weight", non_negative=True)
+        self.remainder_weight = finite_float(remainder_weight, "remainder_weight", non_negative=True)
         self.correction = correction
         if correction is not None and correction.base_value is None:
             correction.base_value = 1.0 / (self.order + 2)
@@ -293,7 +296,7 @@ def _traced_integrate(layer: TaylorLagrangeODE) -> Callable[[tf.Tensor, bool], t
     return _TRACED[layer]
 
 
-def _finite_float(value: object, name: str, positive: bool = False, non_negative: bool = False) -> float:
+def finite_float(value: object, name: str, positive: bool = False, non_negative: bool = False) -> float:
     if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
         raise ValueError(f"`{name}` must be a finite number, got {value!r}.")
     if positive and value <= 0:
@@ -301,6 +304,12 @@ def _finite_float(value: object, name: str, positive: bool = False, non_negative
     if non_negative and value < 0:
         raise ValueError(f"`{name}` must be >= 0, got {value!r}.")
     return float(value)
+
+
+def _bool(value: object, name: str) -> bool:
+    if not isinstance(value, bool):
+        raise TypeError(f"`{name}` must be a bool, got {value!r} ({type(value).__name__}).")
+    return value
 
 
 def _check_field_shape(produced: tuple, state_shape: tuple) -> None:

@@ -12,7 +12,8 @@ from typing import Callable, NamedTuple
 import tensorflow as tf
 import tensorflow_probability as tfp
 
-from keras_tlnode.adaptive import dormand_prince, validate_tolerance
+from keras_tlnode.adaptive import dormand_prince
+from keras_tlnode.layers import finite_float
 
 Field = Callable[..., tf.Tensor]
 
@@ -54,8 +55,8 @@ class DormandPrinceTeacher:
     ):
         if isinstance(max_num_steps, bool) or not isinstance(max_num_steps, int) or max_num_steps < 1:
             raise ValueError(f"`max_num_steps` must be an int >= 1, got {max_num_steps!r}.")
-        self.rtol = validate_tolerance(rtol, "rtol")
-        self.atol = validate_tolerance(atol, "atol")
+        self.rtol = finite_float(rtol, "rtol", positive=True)
+        self.atol = finite_float(atol, "atol", positive=True)
         self.max_num_steps = max_num_steps
         if not tf.as_dtype(dtype).is_floating:
             raise ValueError(f"`dtype` must be a floating dtype, got {dtype!r}.")
