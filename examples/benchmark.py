@@ -4,8 +4,9 @@
     for an MLP 32-256-256-32 (tanh) at batch 1024, in a graph and under XLA.
 (b) Inference latency per batch of TL-NODE against DormandPrince at matched
     accuracy: f is a known vector field (the stiff linear system of
-    `stiff_dynamics.py` at Δt = 0.002, where λΔt = -2 for its fast mode, and
-    Van der Pol with μ = 8 at Δt = 0.05), TL-NODE's Γ_φ is fitted to
+    `stiff_dynamics.py` at Δt = 0.002, where λΔt = -2 for its fast mode,
+    Van der Pol with μ = 8 at Δt = 0.05, and the random MLP of (a) at Δt = 0.1,
+    where f's cost dominates), TL-NODE's Γ_φ is fitted to
     it by `TLNODEModel` (f frozen), and DormandPrince gets the loosest tolerance
     whose one-step error is no larger than TL-NODE's.
 (c) The quick stiff-dynamics and classification comparisons
@@ -94,9 +95,26 @@ def stiff_field(dtype: str = "float32") -> keras.layers.Layer:
     return field
 
 
+def mlp_field(dtype: str = "float32") -> keras.layers.Layer:
+    """A fixed random MLP 32-256-256-32 (tanh), where f's cost dominates a step: the network of part (a)."""
+    keras.utils.set_random_seed(0)
+    weights = _mlp("float32").get_weights()
+    field = _mlp(dtype)
+    field.set_weights([w.astype(dtype) for w in weights])
+    field.trainable = False
+    return field
+
+
+def _mlp(dtype: str) -> keras.Sequential:
+    layers = [keras.layers.Dense(256, activation="tanh", dtype=dtype) for _ in range(2)]
+    return keras.Sequential([keras.Input((32,)), *layers, keras.layers.Dense(32, dtype=dtype)])
+
+
+# name: (field factory, Δt, half-width of the box of states, state dimension)
 SYSTEMS = {
-    "stiff linear, dt=0.002": (stiff_field, 0.002, 0.5),
-    "Van der Pol mu=8, dt=0.05": (VanDerPol, 0.05, 3.0),
+    "stiff linear, dt=0.002": (stiff_field, 0.002, 0.5, 2),
+    "Van der Pol mu=8, dt=0.05": (VanDerPol, 0.05, 3.0, 2),
+    "MLP 32-256-256-32 (tanh), dt=0.1": (mlp_field, 0.1, 1.0, 32),
 }
 TOLERANCES = (1e-2, 1e-3, 1e-4, 1e-5, 1e-6, 1e-7)
 
@@ -112,7 +130,7 @@ def reference_solution(make_field: Callable[..., keras.layers.Layer], x: np.ndar
 def fitted_tl_node(field: keras.layers.Layer, dt: float, x: np.ndarray, y: np.ndarray, epochs: int):
     """TL-NODE (order 1 + correction) on the frozen `field`, Γ_φ fitted by the teacher on the states `x`."""
     keras.utils.set_random_seed(0)
-    inputs = keras.Input((2,))
+    inputs = keras.Input(x.shape[1:])
     ode = keras_tlnode.TaylorLagrangeODE(
         field, order=1, t_final=dt, correction=keras_tlnode.MidpointCorrection(hidden_units=(16,))
     )
@@ -126,11 +144,11 @@ def fitted_tl_node(field: keras.layers.Layer, dt: float, x: np.ndarray, y: np.nd
 
 def matched_latency(name: str, batch: int, repeats: int, epochs: int) -> dict:
     """TL-NODE's one-step error and latency, and DormandPrince's at the loosest tolerance as accurate."""
-    make_field, dt, scale = SYSTEMS[name]
+    make_field, dt, scale, dimension = SYSTEMS[name]
     field = make_field()
     rng = np.random.default_rng(0)
-    train = rng.uniform(-scale, scale, (4096, 2)).astype("float32")
-    tests = [rng.uniform(-scale, scale, (batch, 2)).astype("float32") for _ in range(repeats + 2)]
+    train = rng.uniform(-scale, scale, (4096, dimension)).astype("float32")
+    tests = [rng.uniform(-scale, scale, (batch, dimension)).astype("float32") for _ in range(repeats + 2)]
     truth = reference_solution(make_field, tests[0], dt)
     model, ode = fitted_tl_node(field, dt, train, reference_solution(make_field, train, dt), epochs)
     plain = keras_tlnode.TaylorLagrangeODE(field, order=1, t_final=dt)
