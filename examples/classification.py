@@ -445,11 +445,11 @@ def main(argv: list[str] | None = None) -> dict:
         f"steps, baseline rtol = atol = {config['baseline_tolerance']:g}, seed {config['seed']}",
         flush=True,
     )
-    results = {}
-    for index, method in enumerate(args.methods, 1):
-        results[method] = run_method(method, data, config, f"[{index}/{len(args.methods)}]")
-        r = results[method]
-        print(f"  -> trained in {r['train_seconds']:.1f} s, test accuracy {r['accuracy']:.4f}", flush=True)
+    results = harness.run_methods(
+        args.methods,
+        lambda method, position: run_method(method, data, config, position),
+        lambda result: f", test accuracy {result['accuracy']:.4f}",
+    )
     print()
     print(harness.format_table(results, COLUMNS))
     ratios = comparisons(results)

@@ -67,6 +67,21 @@ def check_flags(parser: argparse.ArgumentParser, args: argparse.Namespace, at_le
         parser.error(f"--methods must not repeat a method, got {methods}")
 
 
+def run_methods(
+    methods: list[str], run: Callable[[str, str], dict], summary: Callable[[dict], str] | None = None
+) -> dict:
+    """`run(method, position)` for each method in turn, with a line when each has trained; {method: result}.
+
+    `summary(result)` adds to that line (nothing by default).
+    """
+    results = {}
+    for index, method in enumerate(methods, 1):
+        results[method] = run(method, f"[{index}/{len(methods)}]")
+        extra = summary(results[method]) if summary else ""
+        print(f"  -> trained in {results[method]['train_seconds']:.1f} s{extra}", flush=True)
+    return results
+
+
 def decaying_adam(initial: float, final: float, total_steps: int) -> keras.optimizers.Adam:
     """Adam whose learning rate decays exponentially from `initial` to `final` over `total_steps`."""
     schedule = keras.optimizers.schedules.ExponentialDecay(

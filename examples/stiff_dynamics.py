@@ -331,10 +331,7 @@ def main(argv: list[str] | None = None) -> dict:
         f"({config['total_steps']} steps), seed {config['seed']}",
         flush=True,
     )
-    results = {}
-    for index, method in enumerate(args.methods, 1):
-        results[method] = run_method(method, data, config, f"[{index}/{len(args.methods)}]")
-        print(f"  -> trained in {results[method]['train_seconds']:.1f} s", flush=True)
+    results = harness.run_methods(args.methods, lambda method, position: run_method(method, data, config, position))
     print()
     print(harness.format_table(results, COLUMNS))
     ratios = comparisons(results)
