@@ -16,18 +16,31 @@ class MidpointCorrection(keras.layers.Layer):
 
     For a state `x` with time derivative `f = f_θ(x)` and step `Δt`:
 
-        mode="vector":  ξ = x + Δt · Γ_φ(x) ⊙ f      (Γ has the state's shape)
-        mode="matrix":  ξ = x + Δt · Γ_φ(x) f        (Γ is n×n per sample; flat states)
+        mode="vector":  ξ = x + Δt · Γ(x) ⊙ f      (Γ has the state's shape)
+        mode="matrix":  ξ = x + Δt · Γ(x) f        (Γ is n×n per sample; flat states)
 
     Γ is dimensionless, a fraction of the step (the paper's Γ is Δt times this
-    one, which trains badly on stiff systems). It is parametrised as
+    one, which trains badly on stiff systems). By the mean-value theorem the
+    remainder of a scalar solution is exact at a point x(t + θΔt) with θ in
+    (0, 1); in vector mode each component of Γ is such a fraction, bounded to
+    (0, 1) by a sigmoid around its start γ₀ (`bounded=True`, the vector default):
 
-        Γ_φ(x) = γ₀ + N_φ(x)     (γ₀ · I + N_φ(x) in matrix mode)
+        Γ_fit(x) = sigmoid(logit(γ₀) + N_φ(x))       (bounded vector mode)
+        Γ_fit(x) = γ₀ + N_φ(x)                        (unbounded vector mode)
+        Γ_fit(x) = γ₀ · I + N_φ(x)                    (matrix mode)
 
-    where `γ₀ = base_value` defaults to 1/(p+2) for a `TaylorLagrangeODE` of
-    order p, which by the mean-value expansion makes the untrained step one order
-    more accurate than the plain Taylor step of degree p+1, and `N_φ` is a small
-    MLP whose output layer starts at zero, or any Keras layer you supply.
+    `γ₀ = base_value` defaults to 1/(p+2) for a `TaylorLagrangeODE` of order
+    p, which by the mean-value expansion makes the untrained step one order more
+    accurate than the plain Taylor step of degree p+1; `N_φ` is a small MLP
+    whose output layer starts at zero (so Γ starts at γ₀), or a Keras layer you
+    supply. `TLNODEModel` fits `Γ_fit` to a reference solver (the teacher).
+
+    The layer applies `Γ = γ₀ + s · (Γ_fit - γ₀)`, where `s`, the *trust*, is a
+    weight in [0, 1] that starts at 1 and is trained with the dynamics on the
+    model's own loss (`trust=True`). Where the fitted correction makes the model
+    worse (a step too stiff for any midpoint, a correction lagging behind f_θ),
+    the data pull `s` down and the layer falls back towards the untrained
+    mean-value point γ₀. `trust=False` applies `Γ_fit` as it is.
 
     Args:
         mode: "vector" or "matrix".
@@ -39,6 +52,10 @@ class MidpointCorrection(keras.layers.Layer):
             mode or `(batch, n·n)` in matrix mode.
         use_step_size: also feed Δt to N_φ.
         base_value: γ₀; `None` lets the owning `TaylorLagrangeODE` set 1/(p+2).
+            In (0, 1) when `bounded`.
+        bounded: keep each component of Γ in (0, 1). `None` (default): True in
+            vector mode; matrix mode is always unbounded.
+        trust: fit the trust `s` with the dynamics (a weight named "trust").
         **kwargs: standard `keras.layers.Layer` arguments.
 
     Example:
@@ -59,6 +76,8 @@ class MidpointCorrection(keras.layers.Layer):
         network: keras.layers.Layer | None = None,
         use_step_size: bool = False,
         base_value: float | None = None,
+        bounded: bool | None = None,
+        trust: bool = True,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -69,16 +88,33 @@ class MidpointCorrection(keras.layers.Layer):
             raise ValueError(f"`hidden_units` must be positive ints, got {hidden_units!r}.")
         if network is not None and not isinstance(network, keras.layers.Layer):
             raise TypeError(f"`network` must be a keras.layers.Layer or None, got {type(network).__name__}.")
-        if base_value is not None and not math.isfinite(base_value):
-            raise ValueError(f"`base_value` must be a finite float or None, got {base_value!r}.")
+        for name, flag in (("use_step_size", use_step_size), ("trust", trust)):
+            if not isinstance(flag, bool):
+                raise TypeError(f"`{name}` must be a bool, got {flag!r} ({type(flag).__name__}).")
+        if bounded is not None and not isinstance(bounded, bool):
+            raise TypeError(f"`bounded` must be a bool or None, got {bounded!r} ({type(bounded).__name__}).")
+        if bounded and mode == "matrix":
+            raise ValueError("`bounded=True` applies to mode='vector' only; matrix mode is unbounded.")
         self.mode = mode
         self.hidden_units = hidden_units
         self.activation = activation
         self.network = network
-        self.use_step_size = bool(use_step_size)
-        self.base_value = None if base_value is None else float(base_value)
+        self.use_step_size = use_step_size
+        self.bounded = mode == "vector" if bounded is None else bounded
+        self.trust = trust
+        self.base_value = None
+        if base_value is not None:
+            self.base_value = _check_base_value(base_value, self.bounded)
+
+    def set_base_value(self, value: float) -> None:
+        """Sets γ₀ (the owning `TaylorLagrangeODE` calls it with 1/(p+2)); before `build` only."""
+        if self.built:
+            raise RuntimeError("MidpointCorrection.base_value can only be set before the layer is built.")
+        self.base_value = _check_base_value(value, self.bounded)
 
     def build(self, input_shape: tuple) -> None:
+        if self.built:  # Deserialisation builds the layer before a caller may build it again.
+            return
         state_size = _flat_size(input_shape, self.mode)
         output_size = state_size * state_size if self.mode == "matrix" else state_size
         features = state_size + int(self.use_step_size)
@@ -98,9 +134,19 @@ class MidpointCorrection(keras.layers.Layer):
                 "MidpointCorrection has no `base_value`: pass it, or attach the correction to a "
                 "TaylorLagrangeODE, which sets 1/(order+2)."
             )
+        if self.trust:
+            self.trust_weight = self.add_weight(
+                name="trust", shape=(), initializer="ones", constraint=_UnitInterval(), dtype=self.variable_dtype
+            )
 
-    def call(self, x: tf.Tensor, step_size: tf.Tensor | float | None = None) -> tf.Tensor:
-        """Returns Γ_φ(x): shaped like `x` (vector) or `(batch, n, n)` (matrix)."""
+    def call(
+        self, x: tf.Tensor, step_size: tf.Tensor | float | None = None, apply_trust: bool = True
+    ) -> tf.Tensor:
+        """Returns Γ(x): shaped like `x` (vector) or `(batch, n, n)` (matrix).
+
+        `apply_trust=False` returns `Γ_fit`, the correction at full strength,
+        which is what the correction phase of `TLNODEModel` fits.
+        """
         n = math.prod(x.shape[1:])
         features = tf.reshape(x, (-1, n))
         if self.use_step_size:
@@ -108,20 +154,27 @@ class MidpointCorrection(keras.layers.Layer):
                 raise ValueError("MidpointCorrection(use_step_size=True) needs `step_size`.")
             column = tf.ones_like(features[:, :1]) * tf.cast(step_size, features.dtype)
             features = tf.concat([features, column], axis=-1)
-        deviation = tf.cast(self.network(features), x.dtype)
+        output = tf.cast(self.network(features), x.dtype)
+        if self.bounded:
+            logit = math.log(self.base_value / (1.0 - self.base_value))
+            deviation = tf.sigmoid(logit + output) - self.base_value
+        else:
+            deviation = output
+        if apply_trust and self.trust:
+            deviation = tf.cast(self.trust_weight, x.dtype) * deviation
         if self.mode == "matrix":
             return self.base_value * tf.eye(n, dtype=x.dtype) + tf.reshape(deviation, (-1, n, n))
         return self.base_value + tf.reshape(deviation, tf.shape(x))
 
     def midpoint(
-        self, x: tf.Tensor, fx: tf.Tensor, step_size: tf.Tensor | float
+        self, x: tf.Tensor, fx: tf.Tensor, step_size: tf.Tensor | float, apply_trust: bool = True
     ) -> tuple[tf.Tensor, tf.Tensor]:
         """ξ = x + Δt · Γ(x) ⊙ f (or Γ(x) f), and θ̄: the mean fraction of the step taken.
 
         θ̄ (shape `(batch, 1)`) is the mean over components of Γ applied to a vector
         of ones; a time-dependent field is evaluated at time t + θ̄ Δt at ξ.
         """
-        gamma = self(x, step_size=step_size)
+        gamma = self(x, step_size=step_size, apply_trust=apply_trust)
         if self.mode == "matrix":
             move = tf.linalg.matvec(gamma, fx)
             fraction = tf.reduce_mean(tf.reduce_sum(gamma, axis=-1), axis=-1, keepdims=True)
@@ -129,6 +182,11 @@ class MidpointCorrection(keras.layers.Layer):
             move = gamma * fx
             fraction = tf.reduce_mean(tf.reshape(gamma, (-1, math.prod(x.shape[1:]))), axis=-1, keepdims=True)
         return x + step_size * move, fraction
+
+    @property
+    def fitted_variables(self) -> list:
+        """The weights of N_φ, which the correction phase fits to the teacher (the trust is not among them)."""
+        return list(self.network.trainable_variables) if self.network is not None else []
 
     def compute_output_shape(self, input_shape: tuple) -> tuple:
         if self.mode == "matrix":
@@ -145,6 +203,8 @@ class MidpointCorrection(keras.layers.Layer):
             network=keras.saving.serialize_keras_object(self.network),
             use_step_size=self.use_step_size,
             base_value=self.base_value,
+            bounded=self.bounded,
+            trust=self.trust,
         )
         return config
 
@@ -152,7 +212,25 @@ class MidpointCorrection(keras.layers.Layer):
     def from_config(cls, config: dict) -> "MidpointCorrection":
         config = dict(config)
         config["network"] = keras.saving.deserialize_keras_object(config["network"])
+        # Models saved by keras_tlnode 0.1 had an unbounded Γ and no trust weight.
+        config.setdefault("bounded", False)
+        config.setdefault("trust", False)
         return cls(**config)
+
+
+class _UnitInterval(keras.constraints.Constraint):
+    """Clips a weight to [0, 1] after each optimizer step (the trust)."""
+
+    def __call__(self, w):
+        return keras.ops.clip(w, 0.0, 1.0)
+
+
+def _check_base_value(value: object, bounded: bool) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ValueError(f"`base_value` must be a finite float or None, got {value!r}.")
+    if bounded and not 0.0 < value < 1.0:
+        raise ValueError(f"`base_value` must be in (0, 1) for a bounded correction, got {value!r}.")
+    return float(value)
 
 
 def _flat_size(input_shape: tuple, mode: str) -> int:

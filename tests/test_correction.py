@@ -36,14 +36,66 @@ def _linear_network(n_in: int, n_out: int, seed: int) -> tuple[keras.layers.Dens
     return dense, kernel, bias
 
 
-def test_vector_midpoint_formula():
+def _sigmoid(z: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-z))
+
+
+@pytest.mark.parametrize("trust", [1.0, 0.4, 0.0])
+def test_bounded_vector_midpoint_formula(trust):
     network, kernel, bias = _linear_network(3, 3, 0)
     correction = kt.MidpointCorrection(network=network, base_value=0.25)
+    correction.build((None, 3))
+    correction.trust_weight.assign(trust)
+    xi, fraction = correction.midpoint(tf.constant(X), tf.constant(FX), 0.1)
+    fitted = _sigmoid(np.log(0.25 / 0.75) + X @ kernel + bias)
+    gamma = 0.25 + trust * (fitted - 0.25)
+    np.testing.assert_allclose(xi, X + 0.1 * gamma * FX, rtol=1e-6)
+    np.testing.assert_allclose(fraction, gamma.mean(axis=1, keepdims=True), rtol=1e-6)
+    np.testing.assert_allclose(correction(tf.constant(X), apply_trust=False), fitted, rtol=1e-6)
+
+
+def test_bounded_gamma_stays_inside_the_step():
+    """The mean-value point lies between x_k and x_{k+1}: each component of Γ in (0, 1)."""
+    network = keras.layers.Dense(3, kernel_initializer=keras.initializers.Constant(50.0), bias_initializer="ones")
+    correction = kt.MidpointCorrection(network=network, base_value=0.5)
+    gamma = correction(tf.constant(np.concatenate([X, -X]))).numpy()
+    assert gamma.max() <= 1.0 and gamma.min() >= 0.0
+    assert gamma.max() > 0.99 and gamma.min() < 0.01
+
+
+def test_unbounded_vector_midpoint_formula():
+    network, kernel, bias = _linear_network(3, 3, 0)
+    correction = kt.MidpointCorrection(network=network, base_value=0.25, bounded=False, trust=False)
     correction.build((None, 3))
     xi, fraction = correction.midpoint(tf.constant(X), tf.constant(FX), 0.1)
     gamma = 0.25 + X @ kernel + bias
     np.testing.assert_allclose(xi, X + 0.1 * gamma * FX, rtol=1e-6)
     np.testing.assert_allclose(fraction, gamma.mean(axis=1, keepdims=True), rtol=1e-6)
+    assert not hasattr(correction, "trust_weight")
+
+
+def test_trust_is_a_weight_in_the_unit_interval_and_not_fitted_by_the_teacher():
+    correction = kt.MidpointCorrection(hidden_units=(4,), base_value=0.3)
+    correction.build((None, 3))
+    assert correction.trust_weight in correction.trainable_variables
+    assert all(v is not correction.trust_weight for v in correction.fitted_variables)
+    assert len(correction.fitted_variables) == 4
+    keras.optimizers.SGD(10.0).apply_gradients([(tf.constant(1.0), correction.trust_weight)])
+    assert float(correction.trust_weight) == 0.0
+
+
+def test_version_0_1_config_loads_unbounded_without_trust():
+    config = kt.MidpointCorrection(hidden_units=(4,), base_value=0.3).get_config()
+    del config["bounded"], config["trust"]
+    clone = kt.MidpointCorrection.from_config(config)
+    assert clone.bounded is False and clone.trust is False
+
+
+def test_base_value_is_fixed_once_built():
+    correction = kt.MidpointCorrection(base_value=0.3)
+    correction.build((None, 3))
+    with pytest.raises(RuntimeError, match="base_value"):
+        correction.set_base_value(0.2)
 
 
 def test_matrix_midpoint_formula_with_step_size_feature():
@@ -72,6 +124,10 @@ def test_network_of_wrong_size_is_rejected(mode, n_out):
         (dict(hidden_units=(2.5,)), ValueError, "hidden_units"),
         (dict(network="mlp"), TypeError, "network"),
         (dict(base_value=float("nan")), ValueError, "base_value"),
+        (dict(base_value=1.5), ValueError, "base_value"),
+        (dict(mode="matrix", bounded=True), ValueError, "bounded"),
+        (dict(bounded="yes"), TypeError, "bounded"),
+        (dict(trust=1), TypeError, "trust"),
     ],
 )
 def test_bad_arguments_name_the_argument(kwargs, error, argument):
