@@ -191,7 +191,7 @@ class TaylorLagrangeODE(ODELayer):
         self.remainder_weight = finite_float(remainder_weight, "remainder_weight", non_negative=True)
         self.correction = correction
         if correction is not None and correction.base_value is None:
-            correction.base_value = 1.0 / (self.order + 2)
+            correction.set_base_value(1.0 / (self.order + 2))
         self.method = method
 
     @property
@@ -218,17 +218,55 @@ class TaylorLagrangeODE(ODELayer):
 
     def _integrate(self, x: tf.Tensor, penalise: bool) -> tuple[tf.Tensor, tf.Tensor]:
         def step(state: tf.Tensor, k: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-            return self._step(state, self._time(state, k))
+            return self.step(state, self._time(state, k))
 
         return rollout(step, x, self.num_steps, self.return_trajectory, sum_remainders=penalise)
 
-    def _step(self, state: tf.Tensor, t: tf.Tensor | None) -> tuple[tf.Tensor, tf.Tensor]:
-        """One step of this layer's scheme from `state` at times `t`."""
+    def step(
+        self, states: tf.Tensor, times: tf.Tensor | None = None, apply_trust: bool = True
+    ) -> tuple[tf.Tensor, tf.Tensor]:
+        """One step of Δt of this layer's scheme: `(next states, remainder term)`.
+
+        Args:
+            states: `(batch, *state_shape)`, each the start of a step.
+            times: `(batch, 1)` start times for a time-dependent field, else None.
+            apply_trust: False steps with the fitted correction at full strength
+                (`MidpointCorrection.call`), as the correction phase fits it.
+
+        Returns:
+            The states one step later and the step's Lagrange remainder term
+            (zeros for the classical schemes), both shaped like `states`.
+        """
         if self.method in CLASSICAL:
             scheme = CLASSICAL[self.method][0]
         else:
-            scheme = functools.partial(taylor_lagrange_step, order=self.order, correction=self.correction)
-        return scheme(self._field, state, t, self.step_size)
+            scheme = functools.partial(
+                taylor_lagrange_step, order=self.order, correction=self.correction, apply_trust=apply_trust
+            )
+        return scheme(self._field, states, times, self.step_size)
+
+    def step_starts(self, inputs: tf.Tensor) -> tf.Tensor:
+        """The state at which each step of this layer's rollout from `inputs` starts.
+
+        Returns `(batch · num_steps, *state_shape)` states, sample-major (the
+        steps of sample 0 first), without gradients. The correction phase of
+        `TLNODEModel` fits Γ_φ on these states.
+        """
+        if self.num_steps == 1:
+            return tf.stop_gradient(inputs)
+
+        def step(state: tf.Tensor, k: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+            return self.step(state, self._time(state, k))
+
+        trajectory, _ = rollout(step, tf.stop_gradient(inputs), self.num_steps - 1, return_trajectory=True)
+        return tf.stop_gradient(tf.reshape(trajectory, tf.concat([[-1], tf.shape(inputs)[1:]], axis=0)))
+
+    def step_times(self, batch_size: tf.Tensor | int, dtype: tf.DType) -> tf.Tensor | None:
+        """The start times `(batch_size · num_steps, 1)` matching `step_starts`, or None for an autonomous field."""
+        if not self.time_dependent:
+            return None
+        index = tf.tile(tf.range(self.num_steps), [batch_size])
+        return self.t_initial + tf.cast(index, dtype)[:, None] * self.step_size
 
     def _time(self, state: tf.Tensor, k: tf.Tensor | int) -> tf.Tensor | None:
         """Times `(batch, 1)` at step `k`, or None for autonomous fields."""

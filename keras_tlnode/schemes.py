@@ -26,6 +26,7 @@ def taylor_lagrange_step(
     dt: float,
     order: int,
     correction: MidpointCorrection | None,
+    apply_trust: bool = True,
 ) -> tuple[tf.Tensor, tf.Tensor]:
     """x + Σ_{i=1..p} Δt^i/i! · x^(i)(x) + Δt^(p+1)/(p+1)! · x^(p+1)(ξ).
 
@@ -38,7 +39,7 @@ def taylor_lagrange_step(
     else:
         # Orders 0..p-1 at x; entry 0 is f(x), which also places ξ.
         lower = taylor_coefficients(field, x, max(order - 1, 0), t)
-        xi, fraction = correction.midpoint(x, lower[0], dt)
+        xi, fraction = correction.midpoint(x, lower[0], dt, apply_trust=apply_trust)
         t_xi = None if t is None else t + fraction * dt
         top = taylor_coefficients(field, xi, order, t_xi)[order]
         lower = lower[:order]

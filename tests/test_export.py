@@ -99,7 +99,7 @@ def encoder_ode_decoder():
 def trained_tlnode():
     """A functional TLNODEModel after one epoch whose every step ran the teacher."""
     model = functional(ode(order=1, correction="vector"), cls=kt.TLNODEModel)
-    model.compile(optimizer="adam", loss="mse", correction_every=1)
+    model.compile(optimizer="adam", loss="mse", correction_every=1, correction_steps=1)
     x = np.random.default_rng(1).uniform(-1, 1, (32, STATE)).astype("float32")
     model.fit(x, np.tanh(x), batch_size=16, epochs=1, verbose=0)
     assert model.correction_optimizer.iterations.numpy() == 2  # the teacher did run

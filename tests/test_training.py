@@ -39,6 +39,7 @@ def tl_model(field, dt, correction_every=1, **compile_kwargs):
     ode = kt.TaylorLagrangeODE(field, order=1, t_final=dt, correction=kt.MidpointCorrection(hidden_units=(16,)))
     model = kt.TLNODEModel(inputs, ode(inputs))
     compile_kwargs.setdefault("correction_optimizer", keras.optimizers.Adam(1e-2))
+    compile_kwargs.setdefault("correction_steps", 1)
     model.compile(optimizer="adam", loss="mse", correction_every=correction_every, **compile_kwargs)
     return model, ode
 
@@ -209,8 +210,8 @@ MIRRORED_SCRIPT = textwrap.dedent(
             remainder_weight=0.01)
         inputs = keras.Input((2,))
         model = kt.TLNODEModel(inputs, ode(inputs))
-        model.compile(optimizer=keras.optimizers.SGD(0.1), loss="mse", correction_every=2,
-                      correction_optimizer=keras.optimizers.SGD(0.1))
+        model.compile(optimizer=keras.optimizers.SGD(0.1), loss="mse", correction_every=2, correction_steps=2,
+                      teacher_samples=None, correction_optimizer=keras.optimizers.SGD(0.1))
         return model
 
     single = build()
@@ -234,7 +235,7 @@ def test_mirrored_strategy_matches_single_device():
     assert run.returncode == 0, run.stderr[-3000:]
     result = json.loads(run.stdout.strip().splitlines()[-1])
     assert result["weight_gap"] < 1e-6
-    assert result["correction_steps"] == [4, 4]
+    assert result["correction_steps"] == [8, 8]  # 4 solves of 2 updates each
     np.testing.assert_allclose(result["loss"][0], result["loss"][1], rtol=1e-5)
 
 
@@ -253,6 +254,7 @@ def test_jit_compile_matches_graph_training():
             optimizer=keras.optimizers.SGD(0.1),
             loss="mse",
             correction_every=2,
+            correction_steps=2,
             correction_optimizer=keras.optimizers.SGD(0.1),
             jit_compile=jit_compile,
         )
@@ -261,7 +263,7 @@ def test_jit_compile_matches_graph_training():
 
     graph, graph_history = train(False)
     xla, xla_history = train(True)
-    assert int(xla.correction_optimizer.iterations.numpy()) == 1
+    assert int(xla.correction_optimizer.iterations.numpy()) == 2
     for a, b in zip(graph.get_weights(), xla.get_weights()):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(graph_history["loss"], xla_history["loss"], rtol=1e-5)

@@ -4,7 +4,9 @@ Every test trains the same tiny model: a 2-state linear ODE (f_θ = Dense(2)),
 one Taylor-Lagrange step of order 1 over t_final = 0.05 with a small
 MidpointCorrection, on 64 samples of the exact flow of a stable linear system.
 With batch 16 an epoch is 4 steps, and with `correction_every=2` 2 of them also
-run the correction phase (on main-optimizer iterations 2 and 4).
+run the correction phase (on main-optimizer iterations 2 and 4), each with
+`correction_steps=2` updates on one teacher solve from `teacher_samples=8` of
+the batch's 16 states (a draw that a resumed run has to repeat).
 
 At Δt = 0.05 the order-1 Taylor-Lagrange step is already accurate to about
 float32 round-off, so the correction gradients are ~1e-13: with Adam's default
@@ -35,6 +37,8 @@ SAMPLES = 64
 BATCH = 16
 STEPS_PER_EPOCH = SAMPLES // BATCH
 CORRECTION_EVERY = 2
+CORRECTION_STEPS = 2
+TEACHER_SAMPLES = 8
 EPOCHS = 4
 LEARNING_RATE = 1e-2
 CORRECTION_LEARNING_RATE = 5e-3  # differs from LEARNING_RATE, to tell the optimizers apart
@@ -71,6 +75,8 @@ def _model(seed: int = 0, steps_per_execution: int = 1) -> kt.TLNODEModel:
         loss="mse",
         correction_optimizer=keras.optimizers.Adam(CORRECTION_LEARNING_RATE, epsilon=CORRECTION_EPSILON),
         correction_every=CORRECTION_EVERY,
+        correction_steps=CORRECTION_STEPS,
+        teacher_samples=TEACHER_SAMPLES,
         steps_per_execution=steps_per_execution,
     )
     return model
@@ -87,7 +93,8 @@ def _ode(model: keras.Model) -> kt.TaylorLagrangeODE:
 
 
 def _correction_weights(model: keras.Model) -> list[np.ndarray]:
-    return [np.array(w) for w in _ode(model).correction.get_weights()]
+    """The weights the correction phase fits (the trust trains with the dynamics)."""
+    return [np.array(w) for w in _ode(model).correction.fitted_variables]
 
 
 def _state(model: keras.Model) -> dict:
@@ -124,7 +131,7 @@ def reference() -> dict:
     state = _state(model)
     # The run really trained both parts, on the schedule the module docstring states.
     assert state["iterations"] == EPOCHS * STEPS_PER_EPOCH
-    assert state["correction_iterations"] == EPOCHS * STEPS_PER_EPOCH // CORRECTION_EVERY
+    assert state["correction_iterations"] == EPOCHS * STEPS_PER_EPOCH // CORRECTION_EVERY * CORRECTION_STEPS
     initial = _correction_weights(_model())
     assert max(np.abs(a - b).max() for a, b in zip(_correction_weights(model), initial)) > 1e-3
     return state
@@ -261,7 +268,7 @@ def test_learning_rate_callbacks_act_on_the_main_optimizer_only(make_callback):
     np.testing.assert_allclose(main, [LEARNING_RATE, LEARNING_RATE / 2, LEARNING_RATE / 4], rtol=1e-6)
     np.testing.assert_allclose(correction, [CORRECTION_LEARNING_RATE] * 3, rtol=1e-6)
     # The correction optimizer did run, at its own rate.
-    assert int(model.correction_optimizer.iterations) == 3 * STEPS_PER_EPOCH // CORRECTION_EVERY
+    assert int(model.correction_optimizer.iterations) == 3 * STEPS_PER_EPOCH // CORRECTION_EVERY * CORRECTION_STEPS
 
 
 def test_tensorboard_writes_the_tl_metrics(tmp_path):
@@ -422,7 +429,7 @@ def test_backup_and_restore_restores_the_main_optimizer_and_phase_counter(backup
 
 def test_backup_and_restore_restores_the_correction_optimizer(backup_runs):
     restored, interrupted = backup_runs["restored"], backup_runs["interrupted"]
-    assert interrupted["correction_iterations"] == 2 * STEPS_PER_EPOCH // CORRECTION_EVERY
+    assert interrupted["correction_iterations"] == 2 * STEPS_PER_EPOCH // CORRECTION_EVERY * CORRECTION_STEPS
     assert restored["correction_iterations"] == interrupted["correction_iterations"]
     _assert_optimizer_state_equal(
         restored["correction_optimizer"], interrupted["correction_optimizer"], "correction_optimizer"
