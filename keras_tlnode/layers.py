@@ -11,7 +11,7 @@ import math
 import numbers
 import threading
 import weakref
-from typing import Callable, Iterator
+from typing import Callable, Iterator, NamedTuple
 
 import keras
 import tensorflow as tf
@@ -208,12 +208,14 @@ class TaylorLagrangeODE(ODELayer):
 
     def call(self, inputs: tf.Tensor, training: bool | None = None) -> tf.Tensor:
         self._check_inputs(inputs)
-        _record(self, inputs)
         penalise = bool(training) and self.remainder_weight > 0
         integrate = _traced_integrate(self) if tf.executing_eagerly() else self._integrate
         states, remainder = integrate(inputs, penalise)
-        if penalise:
-            self.add_loss(self.remainder_weight * remainder)
+        # float32: under mixed precision Keras sums the losses in float32.
+        penalty = tf.cast(self.remainder_weight * remainder, "float32") if penalise else None
+        if penalty is not None:
+            self.add_loss(penalty)
+        _record(self, inputs, penalty)
         return states
 
     def _integrate(self, x: tf.Tensor, penalise: bool) -> tuple[tf.Tensor, tf.Tensor]:
@@ -295,26 +297,40 @@ class TaylorLagrangeODE(ODELayer):
 _RECORDING = threading.local()
 
 
+class RecordedCalls(NamedTuple):
+    """What the TaylorLagrangeODE layers did inside a `recorded_calls()` block.
+
+    `inputs` maps each layer to the inputs of each of its calls (a shared layer
+    has several); `penalties` holds each call's remainder penalty (float32) that
+    went into the loss, and nothing else (not the weights' regularisers).
+    """
+
+    inputs: dict[TaylorLagrangeODE, list[tf.Tensor]]
+    penalties: list[tf.Tensor]
+
+
 @contextlib.contextmanager
-def recorded_inputs() -> Iterator[dict[TaylorLagrangeODE, tf.Tensor]]:
-    """Collects, per TaylorLagrangeODE layer, the inputs it receives inside the block.
+def recorded_calls() -> Iterator[RecordedCalls]:
+    """Collects what every TaylorLagrangeODE layer receives and adds to the loss inside the block.
 
     `TLNODEModel.train_step` uses it to fit each layer's correction on the
-    states that layer actually saw. Thread-local, because tf.distribute traces
-    each replica in its own thread.
+    states that layer actually saw, and to log the remainder penalty.
+    Thread-local, because tf.distribute traces each replica in its own thread.
     """
     stack = _RECORDING.__dict__.setdefault("stack", [])
-    stack.append({})
+    stack.append(RecordedCalls({}, []))
     try:
         yield stack[-1]
     finally:
         stack.pop()
 
 
-def _record(layer: TaylorLagrangeODE, inputs: tf.Tensor) -> None:
+def _record(layer: TaylorLagrangeODE, inputs: tf.Tensor, penalty: tf.Tensor | None) -> None:
     stack = getattr(_RECORDING, "stack", None)
     if stack:
-        stack[-1][layer] = inputs
+        stack[-1].inputs.setdefault(layer, []).append(inputs)
+        if penalty is not None:
+            stack[-1].penalties.append(penalty)
 
 
 _TRACED: "weakref.WeakKeyDictionary[TaylorLagrangeODE, Callable]" = weakref.WeakKeyDictionary()

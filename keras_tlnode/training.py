@@ -17,7 +17,7 @@ import tensorflow as tf
 # Functional is not exported by Keras; it is the class keras.Model(inputs, outputs) builds.
 from keras.src.models.functional import Functional
 
-from keras_tlnode.layers import TaylorLagrangeODE, recorded_inputs, tl_layers
+from keras_tlnode.layers import TaylorLagrangeODE, recorded_calls, tl_layers
 from keras_tlnode.rollout import rollout
 from keras_tlnode.teacher import DormandPrinceTeacher
 
@@ -121,6 +121,11 @@ class TLNODEModel(keras.Model):
         if correction_optimizer is None:
             correction_optimizer = keras.optimizers.Adam(DEFAULT_CORRECTION_LEARNING_RATE)
         self.correction_optimizer = keras.optimizers.get(correction_optimizer)
+        if self.dtype_policy.name == "mixed_float16" and not isinstance(
+            self.correction_optimizer, keras.optimizers.LossScaleOptimizer
+        ):
+            # As Keras's compile does for the main optimizer: float16 gradients underflow unscaled.
+            self.correction_optimizer = keras.optimizers.LossScaleOptimizer(self.correction_optimizer)
         self.correction_every = correction_every
         self.correction_steps = correction_steps
         self.teacher_samples = teacher_samples
@@ -159,33 +164,47 @@ class TLNODEModel(keras.Model):
 
     def train_step(self, data):
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
-        with recorded_inputs() as inputs, tf.GradientTape() as tape:
+        y_pred, calls = self._dynamics_step(x, y, sample_weight)
+        corrected = [layer for layer in tl_layers(self) if layer.correction is not None and layer in calls.inputs]
+        if corrected:
+            self._tl_metrics["trust"].update_state(tf.add_n([_trust(layer) for layer in corrected]) / len(corrected))
+            if _correction_variables(corrected):
+                # A shared layer's correction is fitted on the inputs of all of its calls.
+                inputs = {layer: tf.concat(calls.inputs[layer], axis=0) for layer in corrected}
+                self._correction_phase(corrected, inputs)
+        return self.compute_metrics(x, y, y_pred, sample_weight=sample_weight)
+
+    def _dynamics_step(self, x, y, sample_weight) -> tuple:
+        """Phase 1: one step of the main optimizer on every trainable weight but the correction networks.
+
+        Returns the predictions and what the TL layers received and added to the loss.
+        """
+        with recorded_calls() as calls, tf.GradientTape() as tape:
             y_pred = self(x, training=True)
             loss = self.compute_loss(x=x, y=y, y_pred=y_pred, sample_weight=sample_weight, training=True)
+            # A LossScaleOptimizer (mixed precision) unscales the gradients it gets.
+            scaled_loss = self.optimizer.scale_loss(loss)
         # Listed after the call, which creates a subclassed model's weights.
         ode_layers = tl_layers(self)
-        remainder = tf.add_n([tf.zeros(())] + [tf.cast(term, tf.float32) for layer in ode_layers for term in layer.losses])
-        corrected = [layer for layer in ode_layers if layer.correction is not None]
-        correction_variables = _correction_variables(self)
-        correction_ids = {id(v) for v in correction_variables}
+        fitted = {id(v) for v in _correction_variables(ode_layers)}
         # The dynamics include each correction's trust, which the data fit.
-        dynamics_variables = [v for v in self.trainable_variables if id(v) not in correction_ids]
+        dynamics_variables = [v for v in self.trainable_variables if id(v) not in fitted]
         self._build_optimizers()
         if dynamics_variables:
-            gradients = tape.gradient(loss, dynamics_variables)
+            gradients = tape.gradient(scaled_loss, dynamics_variables)
             self.optimizer.apply_gradients(zip(gradients, dynamics_variables))
+        else:
+            # Nothing but the corrections trains (known dynamics): the step count
+            # that schedules the correction phase still has to advance.
+            self.optimizer.iterations.assign_add(1)
 
         batch = tf.shape(tf.nest.flatten(x)[0])[0]
         # Keras scales the loss by 1/replicas under tf.distribute; the log shows it unscaled.
         replicas = tf.distribute.get_strategy().num_replicas_in_sync
         self._loss_tracker.update_state(loss * replicas, sample_weight=batch)
-        self._tl_metrics["remainder"].update_state(remainder)
+        self._tl_metrics["remainder"].update_state(tf.add_n([tf.zeros(())] + calls.penalties))
         self._tl_metrics["nfe"].update_state(float(sum(layer.nfe for layer in ode_layers)))
-        if corrected:
-            self._tl_metrics["trust"].update_state(tf.add_n([_trust(layer) for layer in corrected]) / len(corrected))
-        if corrected and correction_variables:
-            self._correction_phase(corrected, inputs, correction_variables)
-        return self.compute_metrics(x, y, y_pred, sample_weight=sample_weight)
+        return y_pred, calls
 
     def _build_optimizers(self) -> None:
         """Creates both optimizers' state outside any traced step.
@@ -199,14 +218,12 @@ class TLNODEModel(keras.Model):
         with tf.init_scope():
             if not self.optimizer.built:
                 self.optimizer.build(self.trainable_variables)
-            correction_variables = _correction_variables(self)
+            correction_variables = _correction_variables(tl_layers(self))
             if correction_variables and not self.correction_optimizer.built:
                 self.correction_optimizer.build(correction_variables)
 
-    def _correction_phase(
-        self, layers: list[TaylorLagrangeODE], inputs: dict[TaylorLagrangeODE, tf.Tensor], variables: list[tf.Variable]
-    ) -> None:
-        """Every `correction_every` steps: one teacher solve, then `correction_steps` updates of Γ_φ on its targets.
+    def _correction_phase(self, layers: list[TaylorLagrangeODE], inputs: dict[TaylorLagrangeODE, tf.Tensor]) -> None:
+        """Phase 2, every `correction_every` steps: one teacher solve, then `correction_steps` updates of Γ_φ on its targets.
 
         Only local work (teacher solves, gradients) sits inside `tf.cond`; the
         cross-replica reductions run every step and each conditional update runs
@@ -230,6 +247,7 @@ class TLNODEModel(keras.Model):
             return zeros, zeros, tf.constant(True), tf.zeros(())
 
         states, targets, ok, teacher_nfe = tf.cond(due, solve, skip)
+        variables = _correction_variables(layers)
         problems = [draw.at(s) for draw, s in zip(draws, states)]
         context = tf.distribute.get_replica_context()
         failures = context.all_reduce(tf.distribute.ReduceOp.SUM, tf.cast(tf.logical_not(ok), tf.float32))
@@ -249,6 +267,8 @@ class TLNODEModel(keras.Model):
             # The loss before any update: what the teacher found at this step.
             first_loss = loss if first_loss is None else first_loss
 
+        # A skipped update's loss may be NaN, which a zero sample weight would not keep out of the mean.
+        first_loss = tf.where(apply, first_loss, tf.zeros_like(first_loss))
         self._tl_metrics["correction_loss"].update_state(first_loss, sample_weight=tf.cast(apply, tf.float32))
         self._tl_metrics["teacher_nfe"].update_state(teacher_nfe, sample_weight=tf.cast(due, tf.float32))
         self._tl_metrics["teacher_failures"].update_state(tf.cast(tf.logical_and(due, tf.logical_not(ok)), tf.float32))
@@ -258,10 +278,10 @@ class TLNODEModel(keras.Model):
     ) -> tuple[tf.Tensor, list[tf.Tensor]]:
         replicas = tf.distribute.get_strategy().num_replicas_in_sync
         with tf.GradientTape() as tape:
-            loss = tf.add_n([p.loss(target) for p, target in zip(problems, targets)])
+            loss = tf.cast(tf.add_n([p.loss(target) for p, target in zip(problems, targets)]), tf.float32)
             # Scaled so that the optimizer's sum over replicas averages them.
-            scaled = loss / replicas
-        return tf.cast(loss, tf.float32), tape.gradient(scaled, variables)
+            scaled = self.correction_optimizer.scale_loss(loss / replicas)
+        return loss, tape.gradient(scaled, variables)
 
     def _apply_corrections(
         self, strategy: tf.distribute.Strategy, apply: tf.Tensor, gradients: list, variables: list[tf.Variable]
@@ -349,16 +369,17 @@ class _CorrectionProblem(NamedTuple):
         prediction, _ = rollout(
             lambda s, k: self.layer.step(s, self.times, apply_trust=False), self.states, 1, return_trajectory=False
         )
-        return tf.reduce_mean(tf.square(prediction - target))
+        # In float32 at least: float16 squares of small gaps underflow.
+        gap = tf.cast(prediction - target, tf.float32) if prediction.dtype == tf.float16 else prediction - target
+        return tf.reduce_mean(tf.square(gap))
 
 
 _SAMPLING_SEED = 20220115
 
 
-def _correction_variables(model: keras.Model) -> list:
-    """The trainable weights of every correction of the model's TL layers."""
-    layers = [layer for layer in tl_layers(model) if layer.correction is not None]
-    return [v for layer in layers for v in layer.correction.fitted_variables]
+def _correction_variables(layers: list[TaylorLagrangeODE]) -> list:
+    """The weights the correction phase fits: each corrected layer's N_φ."""
+    return [v for layer in layers if layer.correction is not None for v in layer.correction.fitted_variables]
 
 
 def _trust(layer: TaylorLagrangeODE) -> tf.Tensor:
