@@ -11,8 +11,14 @@
     whose one-step error is no larger than TL-NODE's.
 (c) The quick stiff-dynamics and classification comparisons
     (`stiff_dynamics.py --quick`, `classification.py --quick`).
+(d) Cost of a training step on the stiff system at batch 500, f_θ = Dense(64) →
+    Dense(2) started near the true field (so the baseline meets the stiffness it
+    would meet in training): `TLNODEModel` with the package defaults (teacher
+    included) against `DormandPrinceODE` at rtol = atol = 1e-6, each in a graph
+    and under XLA, at `steps_per_execution` 1 and 10; TL-NODE's step split into
+    phase 1, the teacher solve and the Γ_φ updates.
 
-    python examples/benchmark.py [--parts a b c] [--json PATH] [--out DIR]
+    python examples/benchmark.py [--parts a b c d] [--json PATH] [--out DIR]
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ from __future__ import annotations
 import argparse
 import functools
 import sys
+import time
 from typing import Callable
 
 import harness  # the examples' shared helpers; sets KERAS_BACKEND before keras is imported
@@ -196,6 +203,120 @@ def print_latency(name: str, result: dict, batch: int) -> None:
           f"faster, {matched['nfe_ratio']:.1f}x fewer f-evaluations\n")
 
 
+# ---------------------------------------------------------------- (d) training step
+
+TRAIN_BATCH = 500
+BASELINE_TOLERANCE = 1e-6
+SETTINGS = {"graph": (False, 1), "XLA": (True, 1), "graph, 10/exec": (False, 10), "XLA, 10/exec": (True, 10)}
+
+
+def stiff_training_model(method: str, jit_compile: bool, steps_per_execution: int, **compile_kwargs) -> keras.Model:
+    """The stiff one-step model of `method` ("tl_node" or "dopri"), compiled; f_θ starts near the true field."""
+    from correction_study import linear_mlp, stiff_near_matrix
+    from stiff_dynamics import DT
+
+    keras.utils.set_random_seed(0)
+    field = linear_mlp(stiff_near_matrix())()
+    inputs = keras.Input((2,))
+    options = dict(optimizer=keras.optimizers.Adam(1e-3), loss="mse", jit_compile=jit_compile,
+                   steps_per_execution=steps_per_execution)
+    if method == "tl_node":
+        ode = keras_tlnode.TaylorLagrangeODE(field, order=1, t_final=DT, correction=keras_tlnode.MidpointCorrection())
+        model = keras_tlnode.TLNODEModel(inputs, ode(inputs))
+        model.compile(**options, **compile_kwargs)
+    else:
+        ode = keras_tlnode.DormandPrinceODE(field, t_final=DT, rtol=BASELINE_TOLERANCE, atol=BASELINE_TOLERANCE)
+        model = keras.Model(inputs, ode(inputs))
+        model.compile(**options)
+    return model
+
+
+def ms_per_step(model: keras.Model, dataset: tf.data.Dataset, steps: int, repeats: int = 2) -> float:
+    """Wall-clock ms per training step of `fit` over `steps` batches, the best of `repeats` timed fits.
+
+    A warm-up fit traces and compiles first; the best, not the mean, because
+    this machine's noise only ever adds time.
+    """
+    model.fit(dataset.take(20), verbose=0)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        model.fit(dataset.take(steps), verbose=0)
+        times.append(time.perf_counter() - start)
+    return 1e3 * min(times) / steps
+
+
+TEACHER_SETTINGS = [(1e-4, "float64"), (1e-6, "float32"), (1e-6, "float64"), (1e-8, "float64")]
+
+
+def teacher_accuracy(samples: int, repeats: int) -> list[dict]:
+    """The teacher's targets against the exact flow on the stiff system (f = A), and ms per solve, per setting."""
+    from stiff_dynamics import DT, exact_propagator
+
+    rng = np.random.default_rng(1)
+    batches = [rng.uniform(-0.5, 0.5, (samples, 2)).astype("float32") for _ in range(repeats + 2)]
+    truth = batches[0].astype("float64") @ exact_propagator(DT).T
+    field = stiff_field()
+    rows = []
+    for tolerance, dtype in TEACHER_SETTINGS:
+        for jit_compile in (False, True):
+            teacher = keras_tlnode.DormandPrinceTeacher(tolerance, tolerance, dtype=dtype, jit_compile=jit_compile)
+            solve = tf.function(lambda x, teacher=teacher: teacher.solve(field, x, DT))
+            solution = solve(tf.constant(batches[0]))
+            rows.append({
+                "tolerance": tolerance, "dtype": dtype, "jit_compile": jit_compile, "nfe": int(solution.nfe),
+                "target_mse": float(np.mean((solution.states.numpy() - truth) ** 2)),
+                "ms": 1e3 * harness.median_seconds(lambda x, solve=solve: solve(x).states, [tf.constant(b) for b in batches]),
+            })
+            print(f"(d) teacher rtol = atol = {tolerance:.0e} {dtype} {'XLA  ' if jit_compile else 'graph'}: "
+                  f"target MSE {rows[-1]['target_mse']:.1e}, nfe {rows[-1]['nfe']}, {rows[-1]['ms']:.2f} ms "
+                  f"per solve of {samples} states", flush=True)
+    return rows
+
+
+def training_step_cost(steps: int, settings: tuple[str, ...] = tuple(SETTINGS), teacher_repeats: int = 10) -> dict:
+    """ms per step of TL-NODE (defaults, and its split) and of DormandPrince, per setting (names of SETTINGS)."""
+    from stiff_dynamics import DT, exact_propagator
+
+    x = np.random.default_rng(0).uniform(-0.5, 0.5, (TRAIN_BATCH * 16, 2)).astype("float32")
+    y = (x @ exact_propagator(DT).T).astype("float32")
+    dataset = tf.data.Dataset.from_tensor_slices((x, y)).batch(TRAIN_BATCH).repeat().prefetch(tf.data.AUTOTUNE)
+    defaults = stiff_training_model("tl_node", False, 1)
+    every, updates = defaults.correction_every, defaults.correction_steps
+    report = {"correction_every": every, "correction_steps": updates, "settings": {},
+              "teacher": teacher_accuracy(defaults.teacher_samples, repeats=teacher_repeats)}
+    for name in settings:
+        jit_compile, per_execution = SETTINGS[name]
+        def cost(method: str, **kwargs) -> float:
+            return ms_per_step(stiff_training_model(method, jit_compile, per_execution, **kwargs), dataset, steps)
+
+        row = {
+            "tl_node": cost("tl_node"),
+            "phase1": cost("tl_node", correction_every=10**9),
+            "every_step_1": cost("tl_node", correction_every=1, correction_steps=1),
+            "every_step_k": cost("tl_node", correction_every=1, correction_steps=updates + 1),
+            "dopri": cost("dopri"),
+        }
+        # Every step: phase 1 + teacher + 1 update, and + `updates` more; solved for both parts.
+        update = max(row["every_step_k"] - row["every_step_1"], 0.0) / updates
+        teacher = max(row["every_step_1"] - row["phase1"] - update, 0.0)
+        row["teacher_per_step"] = teacher / every
+        row["updates_per_step"] = updates * update / every
+        row["teacher_share"] = (row["teacher_per_step"] + row["updates_per_step"]) / row["tl_node"]
+        row["speedup"] = row["dopri"] / row["tl_node"]
+        report["settings"][name] = row
+        print(f"(d) {name:15s} TL-NODE {row['tl_node']:6.2f} ms/step (phase 1 {row['phase1']:.2f}, teacher "
+              f"{row['teacher_per_step']:.2f}, Γ updates {row['updates_per_step']:.2f}: "
+              f"{100 * row['teacher_share']:.0f}% correction)   DormandPrince {row['dopri']:7.2f} ms/step   "
+              f"{row['speedup']:.1f}x", flush=True)
+    best_tl = min(row["tl_node"] for row in report["settings"].values())
+    best_dopri = min(row["dopri"] for row in report["settings"].values())
+    report["best_speedup"] = best_dopri / best_tl
+    print(f"(d) best setting of each: TL-NODE {best_tl:.2f} ms, DormandPrince {best_dopri:.2f} ms: "
+          f"{report['best_speedup']:.1f}x\n", flush=True)
+    return report
+
+
 # ---------------------------------------------------------------- (c) examples
 
 
@@ -213,15 +334,16 @@ def quick_examples(out: str) -> dict:
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--parts", nargs="+", choices=["a", "b", "c"], default=["a", "b", "c"])
+    parser.add_argument("--parts", nargs="+", choices=["a", "b", "c", "d"], default=["a", "b", "c", "d"])
     parser.add_argument("--repeats", type=int, default=10, help="timed calls per measurement")
     parser.add_argument("--max-order", type=int, default=4, help="highest order in part (a)")
     parser.add_argument("--batch", type=int, default=1024, help="prediction batch in part (b)")
     parser.add_argument("--correction-epochs", type=int, default=20, help="epochs fitting Γ_φ in part (b)")
+    parser.add_argument("--train-steps", type=int, default=200, help="timed training steps per model in part (d)")
     parser.add_argument("--json", metavar="PATH", help="write the results as JSON to PATH")
     parser.add_argument("--out", metavar="DIR", default=".", help="directory for the plots of part (c)")
     args = parser.parse_args(argv)
-    harness.check_flags(parser, args, ("repeats", "batch", "correction_epochs"))
+    harness.check_flags(parser, args, ("repeats", "batch", "correction_epochs", "train_steps"))
     if not 0 <= args.max_order <= 6:
         parser.error(f"--max-order must be in [0, 6], got {args.max_order}")
 
@@ -236,6 +358,8 @@ def main(argv: list[str] | None = None) -> dict:
             print_latency(name, report["inference"][name], args.batch)
     if "c" in args.parts:
         report["examples"] = quick_examples(args.out)
+    if "d" in args.parts:
+        report["training_step"] = training_step_cost(args.train_steps)
     if args.json:
         harness.write_json(report, args.json)
     return report

@@ -112,23 +112,11 @@ def vector_field(states: np.ndarray, mu: float = MU) -> np.ndarray:
     return np.stack([y, mu * (1.0 - x**2) * y - x], axis=-1)
 
 
-def rk4_step(states: np.ndarray, h: float) -> np.ndarray:
-    k1 = vector_field(states)
-    k2 = vector_field(states + h / 2 * k1)
-    k3 = vector_field(states + h / 2 * k2)
-    k4 = vector_field(states + h * k3)
-    return states + h / 6 * (k1 + 2 * k2 + 2 * k3 + k4)
-
-
 def simulate(x0: np.ndarray, num_steps: int, dt: float, max_substep: float = MAX_SUBSTEP) -> np.ndarray:
     """States at t = 0, dt, ..., num_steps·dt from `x0` (batch, 2): shape (batch, num_steps + 1, 2), float64."""
-    substeps = max(1, math.ceil(dt / max_substep - 1e-9))
     states = [np.asarray(x0, dtype=np.float64)]
     for _ in range(num_steps):
-        current = states[-1]
-        for _ in range(substeps):
-            current = rk4_step(current, dt / substeps)
-        states.append(current)
+        states.append(harness.rk4_flow(vector_field, states[-1], dt, max_substep))
     return np.stack(states, axis=1)
 
 

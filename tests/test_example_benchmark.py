@@ -35,3 +35,17 @@ def test_matched_latency_on_the_stiff_system(benchmark):
     else:
         assert chosen["error"] == min(row["error"] for row in result["dopri5"])
     assert matched["speedup"] == pytest.approx(chosen["ms"] / result["tl_node"]["ms"])
+
+
+def test_training_step_part_splits_the_tl_step(benchmark):
+    report = benchmark.training_step_cost(steps=2, settings=("graph",), teacher_repeats=1)
+    assert list(report["settings"]) == ["graph"]
+    assert all(math.isfinite(row["target_mse"]) and row["nfe"] >= 6 for row in report["teacher"])
+    tight = [row["target_mse"] for row in report["teacher"] if row["tolerance"] == 1e-8]
+    assert max(tight) < 1e-12  # against the exact flow
+    for row in report["settings"].values():
+        for key in ("tl_node", "phase1", "dopri", "teacher_per_step", "updates_per_step"):
+            assert math.isfinite(row[key]) and row[key] >= 0, key
+        assert row["speedup"] == pytest.approx(row["dopri"] / row["tl_node"])
+    best = min(r["dopri"] for r in report["settings"].values()) / min(r["tl_node"] for r in report["settings"].values())
+    assert report["best_speedup"] == pytest.approx(best)

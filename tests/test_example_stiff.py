@@ -49,6 +49,7 @@ def test_stiff_main_writes_json_and_plots(stiff, tmp_path, capsys):
     assert [methods[m]["nfe"] for m in ("tl_node", "taylor2", "rk4", "euler")] == [3, 2, 4, 1]
     assert methods["dopri5"]["nfe"] >= 6  # at least one DormandPrince step
     assert methods["tl_node"]["teacher_failures"] == 0
+    assert 0.0 <= methods["tl_node"]["trust"] <= 1.0
     assert report["comparisons"]["train_speedup_vs_dopri5"] == pytest.approx(
         methods["dopri5"]["train_seconds"] / methods["tl_node"]["train_seconds"]
     )
