@@ -62,6 +62,11 @@ class ODELayer(keras.layers.Layer):
         return self.t_final / self.num_steps
 
     def build(self, input_shape: tuple) -> None:
+        if len(input_shape) < 2:
+            raise ValueError(
+                f"{type(self).__name__} needs inputs of shape (batch, *state_shape) with at least one state "
+                f"dimension, e.g. keras.Input((n,)); got shape {tuple(input_shape)}."
+            )
         state_shape = tuple(input_shape[1:])
         if not self.vector_field.built:
             self.vector_field.build(self._field_input_shape(input_shape))

@@ -96,7 +96,13 @@ def taylor_coefficients(
 
 def _nested_pass(fn: VectorField, x: tf.Tensor, order: int, t: tf.Tensor | None) -> tf.Tensor:
     def field(state: tf.Tensor) -> tf.Tensor:
-        return fn(state) if t is None else fn(state, t)
+        derivative = fn(state) if t is None else fn(state, t)
+        if not derivative.shape.is_compatible_with(state.shape):
+            raise ValueError(
+                f"taylor_coefficients: `fn` must return its input's shape (the time derivative of the state), "
+                f"got shape {derivative.shape} for `x` of shape {state.shape}."
+            )
+        return derivative
 
     primals = (x,) if t is None else (x, t)
     depth = 0

@@ -77,9 +77,10 @@ class TLNODEModel(keras.Model):
         # Keras turns a Model subclass called with (inputs, outputs) into a
         # Functional one by rewriting the class's bases for the whole process,
         # which would break `class MyModel(TLNODEModel)` afterwards; functional
-        # TLNODEModels get a class of their own instead.
-        if cls is TLNODEModel and _functional_arguments(args, kwargs):
-            return super().__new__(FunctionalTLNODEModel)
+        # TLNODEModels get a class of their own instead, and a user's subclass
+        # one that derives from both (see `_functional_class`).
+        if _functional_arguments(args, kwargs) and not issubclass(cls, Functional):
+            return super().__new__(_functional_class(cls))
         return super().__new__(cls)
 
     def compile(
@@ -308,6 +309,32 @@ class FunctionalTLNODEModel(Functional, TLNODEModel):
 
     def __init__(self, inputs, outputs, name: str | None = None, **kwargs):
         Functional.__init__(self, inputs, outputs, name=name, **kwargs)
+
+
+_FUNCTIONAL_SUBCLASSES: dict[type, type] = {}
+
+
+def _functional_class(cls: type) -> type:
+    """The class of `cls(inputs, outputs)`: FunctionalTLNODEModel for TLNODEModel itself,
+    else a subclass of both `cls` and FunctionalTLNODEModel, named like `cls`.
+
+    The instance is a `cls` (its methods come first) built as a Functional model.
+    It is saved under `cls`'s registered name, and a `.keras` file reloads it
+    through `cls.from_config`, which comes back here.
+    """
+    if cls is TLNODEModel:
+        return FunctionalTLNODEModel
+    if cls not in _FUNCTIONAL_SUBCLASSES:
+        attributes = {"__module__": cls.__module__, "__qualname__": cls.__qualname__, "__doc__": cls.__doc__}
+        functional = type(cls.__name__, (cls, FunctionalTLNODEModel), attributes)
+        registered = keras.saving.get_registered_name(cls)
+        if registered != cls.__name__:
+            package, _, name = registered.rpartition(">")
+            keras.saving.register_keras_serializable(package=package, name=name)(functional)
+            # The name keeps loading `cls`, whose from_config also builds subclassed models.
+            keras.saving.get_custom_objects()[registered] = cls
+        _FUNCTIONAL_SUBCLASSES[cls] = functional
+    return _FUNCTIONAL_SUBCLASSES[cls]
 
 
 def _functional_arguments(args: tuple, kwargs: dict) -> bool:

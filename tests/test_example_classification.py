@@ -62,7 +62,7 @@ def test_main_writes_json_and_chart(classification, tmp_path, capsys):
     config = report["config"]
     assert (config["train_examples"], config["test_examples"], config["pixels"]) == (60, 30, 64)
     assert config["total_steps"] == 6  # 60 images in batches of 20, 2 epochs
-    assert config["correction_every"] == 2  # the paper's 400 of 600 steps per epoch, scaled to 3
+    assert config["correction_every"] is None  # the package's default schedule
     assert config["baseline_tolerance"] == 1e-7 and config["remainder_weight"] == 10.0
     methods = report["methods"]
     assert list(methods) == ["tl_node", "dopri", "taylor2", "rk4"]

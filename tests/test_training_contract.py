@@ -126,3 +126,43 @@ def test_frozen_dynamics_keep_the_correction_schedule():
     model.fit(x, y, batch_size=16, epochs=1, verbose=0)  # 20 steps
     assert int(model.optimizer.iterations) == 20
     assert int(model.correction_optimizer.iterations) == 2
+
+
+@keras.saving.register_keras_serializable(package="keras_tlnode_tests")
+class MyModel(kt.TLNODEModel):
+    """A user's subclass, built the functional way (module level, so that a `.keras` file can find it)."""
+
+    def marker(self) -> str:
+        return "mine"
+
+
+def test_a_user_subclass_builds_functionally_trains_saves_and_reloads(tmp_path):
+    for _ in range(2):  # the second build once failed with an MRO error
+        keras.utils.set_random_seed(0)
+        inputs = keras.Input((2,))
+        ode = kt.TaylorLagrangeODE(keras.layers.Dense(2), t_final=DT, correction=kt.MidpointCorrection(hidden_units=(4,)))
+        model = MyModel(inputs, ode(inputs))
+        assert isinstance(model, MyModel) and model.marker() == "mine"
+    plain = keras.Model(inputs, inputs)  # Keras's own classes are untouched
+    assert type(plain).__name__ == "Functional"
+    model.compile(optimizer="sgd", loss="mse", correction_every=1, correction_steps=1)
+    x, y = spiral_pairs()
+    history = model.fit(x, y, batch_size=16, epochs=1, verbose=0).history
+    assert history["correction_loss"][0] > 0
+    path = str(tmp_path / "mine.keras")
+    model.save(path)
+    restored = keras.models.load_model(path)
+    assert isinstance(restored, MyModel) and restored.marker() == "mine"
+    np.testing.assert_allclose(restored.predict(x, verbose=0), model.predict(x, verbose=0), rtol=1e-6, atol=1e-7)
+    assert restored.correction_every == 1
+
+
+def test_a_rank_1_input_is_rejected_naming_the_shape():
+    with pytest.raises(ValueError, match=r"at least one state dimension.*\(None,\)"):
+        kt.TaylorLagrangeODE(keras.layers.Dense(2))(keras.Input(()))
+
+
+@pytest.mark.parametrize("order", [0, 1, 3])
+def test_a_field_of_the_wrong_shape_is_rejected_at_every_order(order):
+    with pytest.raises(ValueError, match=r"`fn` must return its input's shape.*\(4, 3\).*\(4, 2\)"):
+        kt.taylor_coefficients(lambda x: tf.concat([x, x[:, :1]], axis=1), tf.ones((4, 2)), order)
