@@ -35,8 +35,9 @@ Model choices:
   of 4e-8, 1e-8, 2e-10, 9e-11 at 1e-3, 1e-4, 1e-5, 1e-6, for 36, 36, 36, 42
   f-evaluations per step of a batch; the models' own errors are near 1e-3.
 - TL-NODE trains with the remainder penalty λ = 1e-2 (as in stiff_dynamics.py;
-  λ = 0 gave the same errors, 1e-1 larger ones) and the package's default
-  correction schedule (Adam 1e-2 every 10 steps against a float64 teacher).
+  λ = 0 gave the same errors, 1e-1 larger ones) and a matrix correction
+  fitted every 10 steps (Adam 1e-2, the package's default teacher); the
+  vector correction with every default is in correction_study.py.
 - Every method trains under XLA (`jit_compile`, see JIT_COMPILE) with
   `steps_per_execution`, on full batches only.
 

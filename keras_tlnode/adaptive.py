@@ -159,8 +159,8 @@ class DormandPrinceODE(ODELayer):
 
     def _field_at(self, x: tf.Tensor, elapsed: tf.Tensor) -> tf.Tensor:
         if not self.time_dependent:
-            return self._field(x)
-        return self._field(x, tf.fill(tf.stack([tf.shape(x)[0], 1]), self.t_initial + elapsed))
+            return self.derivative(x)
+        return self.derivative(x, tf.fill(tf.stack([tf.shape(x)[0], 1]), self.t_initial + elapsed))
 
     def get_config(self) -> dict:
         config = super().get_config()

@@ -73,7 +73,8 @@ class ODELayer(keras.layers.Layer):
         spec = self.vector_field.compute_output_spec(self._field_input_spec(state_shape))
         _check_field_shape(tuple(spec.shape[1:]), state_shape)
 
-    def _field(self, x: tf.Tensor, t: tf.Tensor | None = None) -> tf.Tensor:
+    def derivative(self, x: tf.Tensor, t: tf.Tensor | None = None) -> tf.Tensor:
+        """f_θ(x) (or f_θ(x, t), `t` of shape `(batch, 1)`), checked to be shaped like the states."""
         derivative = self.vector_field(x if t is None else [x, t])
         _check_field_shape(tuple(derivative.shape[1:]), tuple(x.shape[1:]))
         return derivative
@@ -216,8 +217,10 @@ class TaylorLagrangeODE(ODELayer):
         penalise = bool(training) and self.remainder_weight > 0
         integrate = _traced_integrate(self) if tf.executing_eagerly() else self._integrate
         states, remainder = integrate(inputs, penalise)
-        # float32: under mixed precision Keras sums the losses in float32.
-        penalty = tf.cast(self.remainder_weight * remainder, "float32") if penalise else None
+        penalty = self.remainder_weight * remainder if penalise else None
+        if penalty is not None and penalty.dtype.size < 4:
+            # Under mixed precision Keras sums the losses in float32.
+            penalty = tf.cast(penalty, tf.float32)
         if penalty is not None:
             self.add_loss(penalty)
         _record(self, inputs, penalty)
@@ -250,7 +253,7 @@ class TaylorLagrangeODE(ODELayer):
             scheme = functools.partial(
                 taylor_lagrange_step, order=self.order, correction=self.correction, apply_trust=apply_trust
             )
-        return scheme(self._field, states, times, self.step_size)
+        return scheme(self.derivative, states, times, self.step_size)
 
     def step_starts(self, inputs: tf.Tensor) -> tf.Tensor:
         """The state at which each step of this layer's rollout from `inputs` starts.
@@ -306,12 +309,13 @@ class RecordedCalls(NamedTuple):
     """What the TaylorLagrangeODE layers did inside a `recorded_calls()` block.
 
     `inputs` maps each layer to the inputs of each of its calls (a shared layer
-    has several); `penalties` holds each call's remainder penalty (float32) that
-    went into the loss, and nothing else (not the weights' regularisers).
+    has several); `penalties` holds each call's remainder penalty that went into
+    the loss, and nothing else (not the weights' regularisers).
     """
 
     inputs: dict[TaylorLagrangeODE, list[tf.Tensor]]
     penalties: list[tf.Tensor]
+    graph: object  # the graph the block runs in; calls traced in other graphs are not recorded
 
 
 @contextlib.contextmanager
@@ -323,7 +327,7 @@ def recorded_calls() -> Iterator[RecordedCalls]:
     Thread-local, because tf.distribute traces each replica in its own thread.
     """
     stack = _RECORDING.__dict__.setdefault("stack", [])
-    stack.append(RecordedCalls({}, []))
+    stack.append(RecordedCalls({}, [], tf.compat.v1.get_default_graph()))
     try:
         yield stack[-1]
     finally:
@@ -332,7 +336,9 @@ def recorded_calls() -> Iterator[RecordedCalls]:
 
 def _record(layer: TaylorLagrangeODE, inputs: tf.Tensor, penalty: tf.Tensor | None) -> None:
     stack = getattr(_RECORDING, "stack", None)
-    if stack:
+    # Keras builds a subclassed model by calling it once in a scratch graph
+    # inside the same step; those tensors cannot be used in the step's graph.
+    if stack and (tf.executing_eagerly() or tf.compat.v1.get_default_graph() is stack[-1].graph):
         stack[-1].inputs.setdefault(layer, []).append(inputs)
         if penalty is not None:
             stack[-1].penalties.append(penalty)

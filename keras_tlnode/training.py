@@ -203,7 +203,7 @@ class TLNODEModel(keras.Model):
         # Keras scales the loss by 1/replicas under tf.distribute; the log shows it unscaled.
         replicas = tf.distribute.get_strategy().num_replicas_in_sync
         self._loss_tracker.update_state(loss * replicas, sample_weight=batch)
-        self._tl_metrics["remainder"].update_state(tf.add_n([tf.zeros(())] + calls.penalties))
+        self._tl_metrics["remainder"].update_state(tf.add_n([tf.zeros(())] + [tf.cast(p, tf.float32) for p in calls.penalties]))
         self._tl_metrics["nfe"].update_state(float(sum(layer.nfe for layer in ode_layers)))
         return y_pred, calls
 
@@ -237,7 +237,7 @@ class TLNODEModel(keras.Model):
 
         def solve() -> tuple:
             problems = [draw(inputs[draw.layer]) for draw in draws]
-            solutions = [self.teacher.solve(p.layer._field, p.states, p.layer.step_size, p.times) for p in problems]
+            solutions = [self.teacher.solve(p.layer.derivative, p.states, p.layer.step_size, p.times) for p in problems]
             ok = tf.reduce_all([s.ok for s in solutions])
             nfe = tf.add_n([tf.cast(s.nfe, tf.float32) for s in solutions])
             targets = [tf.where(ok, s.states, tf.zeros_like(s.states)) for s in solutions]
