@@ -43,7 +43,7 @@ def _sigmoid(z: np.ndarray) -> np.ndarray:
 @pytest.mark.parametrize("trust", [1.0, 0.4, 0.0])
 def test_bounded_vector_midpoint_formula(trust):
     network, kernel, bias = _linear_network(3, 3, 0)
-    correction = kt.MidpointCorrection(network=network, base_value=0.25)
+    correction = kt.MidpointCorrection(network=network, base_value=0.25, bounded=True)
     correction.build((None, 3))
     correction.trust_weight.assign(trust)
     xi, fraction = correction.midpoint(tf.constant(X), tf.constant(FX), 0.1)
@@ -57,15 +57,15 @@ def test_bounded_vector_midpoint_formula(trust):
 def test_bounded_gamma_stays_inside_the_step():
     """The mean-value point lies between x_k and x_{k+1}: each component of Γ in (0, 1)."""
     network = keras.layers.Dense(3, kernel_initializer=keras.initializers.Constant(50.0), bias_initializer="ones")
-    correction = kt.MidpointCorrection(network=network, base_value=0.5)
+    correction = kt.MidpointCorrection(network=network, base_value=0.5, bounded=True)
     gamma = correction(tf.constant(np.concatenate([X, -X]))).numpy()
     assert gamma.max() <= 1.0 and gamma.min() >= 0.0
     assert gamma.max() > 0.99 and gamma.min() < 0.01
 
 
-def test_unbounded_vector_midpoint_formula():
+def test_default_vector_midpoint_formula_without_trust():
     network, kernel, bias = _linear_network(3, 3, 0)
-    correction = kt.MidpointCorrection(network=network, base_value=0.25, bounded=False, trust=False)
+    correction = kt.MidpointCorrection(network=network, base_value=0.25, trust=False)
     correction.build((None, 3))
     xi, fraction = correction.midpoint(tf.constant(X), tf.constant(FX), 0.1)
     gamma = 0.25 + X @ kernel + bias
@@ -84,7 +84,7 @@ def test_trust_is_a_weight_in_the_unit_interval_and_not_fitted_by_the_teacher():
     assert float(correction.trust_weight) == 0.0
 
 
-def test_version_0_1_config_loads_unbounded_without_trust():
+def test_version_0_1_config_loads_without_trust():
     config = kt.MidpointCorrection(hidden_units=(4,), base_value=0.3).get_config()
     del config["bounded"], config["trust"]
     clone = kt.MidpointCorrection.from_config(config)
@@ -124,7 +124,7 @@ def test_network_of_wrong_size_is_rejected(mode, n_out):
         (dict(hidden_units=(2.5,)), ValueError, "hidden_units"),
         (dict(network="mlp"), TypeError, "network"),
         (dict(base_value=float("nan")), ValueError, "base_value"),
-        (dict(base_value=1.5), ValueError, "base_value"),
+        (dict(base_value=1.5, bounded=True), ValueError, "base_value"),
         (dict(mode="matrix", bounded=True), ValueError, "bounded"),
         (dict(bounded="yes"), TypeError, "bounded"),
         (dict(trust=1), TypeError, "trust"),
