@@ -17,8 +17,8 @@ weights, schedule and epochs:
     dopri5    DormandPrinceODE (adaptive; the classic neural ODE, the baseline)
 
 Model: f_θ = Dense(64) → Dense(2), no activation. TL-NODE uses the package's
-defaults throughout: `MidpointCorrection()` (vector Γ bounded to (0, 1), starting
-at 1/(p+2) = 1/3, with a trust weight) and `TLNODEModel.compile`'s correction
+defaults throughout: `MidpointCorrection()` (vector Γ starting at 1/(p+2) = 1/3,
+with a trust weight) and `TLNODEModel.compile`'s correction
 schedule, optimizer and teacher. Batch 500, Adam with exponential decay 1e-2 →
 1e-4 over the run, remainder weight λ = 1e-2. The baseline solves in float32 (tfp's adjoint
 needs the weights' dtype) at rtol = atol = 1e-6, the tightest float32 makes
