@@ -231,13 +231,13 @@ def stiff_training_model(method: str, jit_compile: bool, steps_per_execution: in
     return model
 
 
-def ms_per_step(model: keras.Model, dataset: tf.data.Dataset, steps: int, repeats: int = 2) -> float:
+def ms_per_step(model: keras.Model, dataset: tf.data.Dataset, steps: int, repeats: int = 2, warmup: int = 20) -> float:
     """Wall-clock ms per training step of `fit` over `steps` batches, the best of `repeats` timed fits.
 
     A warm-up fit traces and compiles first; the best, not the mean, because
     this machine's noise only ever adds time.
     """
-    model.fit(dataset.take(20), verbose=0)
+    model.fit(dataset.take(warmup), verbose=0)
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
@@ -274,7 +274,9 @@ def teacher_accuracy(samples: int, repeats: int) -> list[dict]:
     return rows
 
 
-def training_step_cost(steps: int, settings: tuple[str, ...] = tuple(SETTINGS), teacher_repeats: int = 10) -> dict:
+def training_step_cost(
+    steps: int, settings: tuple[str, ...] = tuple(SETTINGS), teacher_repeats: int = 10, warmup: int = 20
+) -> dict:
     """ms per step of TL-NODE (defaults, and its split) and of DormandPrince, per setting (names of SETTINGS)."""
     from stiff_dynamics import DT, exact_propagator
 
@@ -288,7 +290,8 @@ def training_step_cost(steps: int, settings: tuple[str, ...] = tuple(SETTINGS), 
     for name in settings:
         jit_compile, per_execution = SETTINGS[name]
         def cost(method: str, **kwargs) -> float:
-            return ms_per_step(stiff_training_model(method, jit_compile, per_execution, **kwargs), dataset, steps)
+            model = stiff_training_model(method, jit_compile, per_execution, **kwargs)
+            return ms_per_step(model, dataset, steps, warmup=warmup)
 
         row = {
             "tl_node": cost("tl_node"),
