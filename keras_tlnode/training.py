@@ -252,7 +252,8 @@ class TLNODEModel(keras.Model):
         problems = [draw.at(s) for draw, s in zip(draws, states)]
         context = tf.distribute.get_replica_context()
         failures = context.all_reduce(tf.distribute.ReduceOp.SUM, tf.cast(tf.logical_not(ok), tf.float32))
-        apply = tf.logical_and(due, tf.equal(failures, 0.0))
+        solved = tf.logical_and(due, tf.equal(failures, 0.0))
+        apply = solved
         first_loss = None
         for _ in range(self.correction_steps):
             loss, gradients = tf.cond(
@@ -268,9 +269,10 @@ class TLNODEModel(keras.Model):
             # The loss before any update: what the teacher found at this step.
             first_loss = loss if first_loss is None else first_loss
 
-        # A skipped update's loss may be NaN, which a zero sample weight would not keep out of the mean.
-        first_loss = tf.where(apply, first_loss, tf.zeros_like(first_loss))
-        self._tl_metrics["correction_loss"].update_state(first_loss, sample_weight=tf.cast(apply, tf.float32))
+        # A skipped solve's loss may be NaN, which a zero sample weight would not keep out of the mean.
+        logged = tf.logical_and(solved, tf.math.is_finite(first_loss))
+        first_loss = tf.where(logged, first_loss, tf.zeros_like(first_loss))
+        self._tl_metrics["correction_loss"].update_state(first_loss, sample_weight=tf.cast(logged, tf.float32))
         self._tl_metrics["teacher_nfe"].update_state(teacher_nfe, sample_weight=tf.cast(due, tf.float32))
         self._tl_metrics["teacher_failures"].update_state(tf.cast(tf.logical_and(due, tf.logical_not(ok)), tf.float32))
 
