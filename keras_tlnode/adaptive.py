@@ -27,6 +27,39 @@ class AdaptiveSolution(NamedTuple):
     ok: tf.Tensor
 
 
+class EvaluationBudget:
+    """A cap on the f-evaluations of one solve, counted as the solve runs.
+
+    tfp's DormandPrince enforces its own `max_num_steps` with an assertion,
+    which would abort training in graph mode and is dropped under XLA; its loop
+    has no other exit. The count lives in a variable, assigned from inside the
+    solver's loop, because the loop carries no state that `ode_fn` can see. It
+    is synchronised on read with no aggregation so that, created inside a
+    distribution strategy's scope, every replica counts its own solves.
+
+    Args:
+        max_evaluations: evaluations of f allowed per solve, >= 1.
+    """
+
+    def __init__(self, max_evaluations: int):
+        self.max_evaluations = max_evaluations
+        self.count = tf.Variable(
+            0,
+            dtype=tf.int64,
+            trainable=False,
+            name="evaluations",
+            synchronization=tf.VariableSynchronization.ON_READ,
+            aggregation=tf.VariableAggregation.NONE,
+        )
+
+    def reset(self) -> None:
+        self.count.assign(0)
+
+    def spend(self) -> tf.Tensor:
+        """Counts one evaluation; whether it was still within the budget."""
+        return self.count.assign_add(1) <= self.max_evaluations
+
+
 def dormand_prince(
     field: Callable[[tf.Tensor, tf.Tensor], tf.Tensor],
     x: tf.Tensor,
@@ -34,6 +67,7 @@ def dormand_prince(
     rtol: float,
     atol: float,
     dtype: tf.dtypes.DType,
+    budget: EvaluationBudget | None = None,
 ) -> AdaptiveSolution:
     """Solves dx/ds = field(x, s) from `x` at s = 0 and returns the states at `times`.
 
@@ -44,6 +78,10 @@ def dormand_prince(
     `times[0]`: tfp's default (1e-3, growing at most 10x per step) would cost
     a fixed few steps on long intervals whatever the tolerance, and the error
     control shrinks a first step that is too long after one rejection.
+
+    With a `budget`, the solve stops being work once the budget is spent: f is
+    replaced by 0 (the solver then accepts steps growing 10x each and reaches
+    the end in a few more) and the solve is flagged as failed.
     """
     model_dtype = x.dtype
 
@@ -52,11 +90,16 @@ def dormand_prince(
         derivative = field(tf.cast(y, model_dtype), tf.cast(s, model_dtype))
         # A non-finite f makes DormandPrince reject every step and never return;
         # the solve goes on with f = 0 instead, and a second state component,
-        # growing at unit rate while f is non-finite, flags it.
-        finite = tf.reduce_all(tf.math.is_finite(derivative))
-        derivative = tf.where(finite, tf.cast(derivative, dtype), tf.zeros_like(y))
-        return derivative, tf.where(finite, tf.constant(0.0, dtype), tf.constant(1.0, dtype))
+        # growing at unit rate while f is non-finite, flags it. A spent budget
+        # is handled the same way.
+        usable = tf.reduce_all(tf.math.is_finite(derivative))
+        if budget is not None:
+            usable = tf.logical_and(usable, budget.spend())
+        derivative = tf.where(usable, tf.cast(derivative, dtype), tf.zeros_like(y))
+        return derivative, tf.where(usable, tf.constant(0.0, dtype), tf.constant(1.0, dtype))
 
+    if budget is not None:
+        budget.reset()
     solver = tfp.math.ode.DormandPrince(rtol=rtol, atol=atol, first_step_size=tf.constant(times[0], dtype))
     results = solver.solve(
         ode_fn,

@@ -12,7 +12,7 @@ from typing import Callable, NamedTuple
 import tensorflow as tf
 import tensorflow_probability as tfp
 
-from keras_tlnode.adaptive import dormand_prince
+from keras_tlnode.adaptive import EvaluationBudget, dormand_prince
 from keras_tlnode.layers import finite_float
 
 Field = Callable[..., tf.Tensor]
@@ -32,10 +32,11 @@ class DormandPrinceTeacher:
     The solve runs in `dtype` (float64 by default, also for float32 models: f is
     evaluated in its own dtype and the solver's state and error control stay in
     float64, at the same cost as float32 on CPU). A solve that reports a
-    non-success status, needs more than `max_num_steps` steps, or returns a
-    non-finite state has `ok=False`. `max_num_steps` is checked after the solve,
-    because tfp's DormandPrince enforces its own cap with an assertion that
-    would abort training.
+    non-success status, needs more than `max_num_steps` steps, or meets a
+    non-finite f has `ok=False`. The cap stops the solve: a failed capped solve
+    costs about `max_num_steps` steps. The teacher counts evaluations in a
+    variable; under a distribution strategy, create it (or compile the model
+    that creates the default one) inside the strategy's scope.
 
     The default tolerance, 1e-6, puts the targets' error orders of magnitude
     below what the correction reaches (README, "The correction"), at about half
@@ -71,6 +72,9 @@ class DormandPrinceTeacher:
         self.rtol = finite_float(rtol, "rtol", positive=True)
         self.atol = finite_float(atol, "atol", positive=True)
         self.max_num_steps = max_num_steps
+        # One evaluation before the first step, then one per stage but the first.
+        self._budget = EvaluationBudget(1 + max_num_steps * tfp.math.ode.DormandPrince.ODE_FN_EVALS_PER_STEP)
+        self.strategy = tf.distribute.get_strategy()
         if not tf.as_dtype(dtype).is_floating:
             raise ValueError(f"`dtype` must be a floating dtype, got {dtype!r}.")
         self.dtype = tf.as_dtype(dtype)
@@ -89,12 +93,11 @@ class DormandPrinceTeacher:
             def shifted(y: tf.Tensor, elapsed: tf.Tensor) -> tf.Tensor:
                 return field(y) if t is None else field(y, t + elapsed)
 
-            solution = dormand_prince(shifted, x, [dt], self.rtol, self.atol, self.dtype)
-            within_cap = solution.nfe <= self.max_num_steps * tfp.math.ode.DormandPrince.ODE_FN_EVALS_PER_STEP + 2
+            solution = dormand_prince(shifted, x, [dt], self.rtol, self.atol, self.dtype, self._budget)
             # Stopped inside the function too: a recording tape would otherwise
             # build the compiled call's backward pass, tfp's adjoint solve.
             states = tf.stop_gradient(solution.states[-1])
-            return TeacherSolution(states, solution.nfe, tf.logical_and(solution.ok, within_cap))
+            return TeacherSolution(states, solution.nfe, solution.ok)
 
         if self.jit_compile:
             run = tf.function(run, jit_compile=True, autograph=False)

@@ -118,6 +118,15 @@ class TLNODEModel(keras.Model):
             raise ValueError(f"`teacher_samples` must be an int >= 1 or None, got {teacher_samples!r}.")
         if teacher is not None and not isinstance(teacher, DormandPrinceTeacher):
             raise TypeError(f"`teacher` must be a DormandPrinceTeacher or None, got {type(teacher).__name__}.")
+        if teacher is None:
+            with self.distribute_strategy.scope():
+                teacher = DormandPrinceTeacher()
+        elif teacher.strategy is not self.distribute_strategy:
+            # Its step counter would be one variable shared by every replica.
+            raise ValueError(
+                "`teacher` was created under another distribution strategy than the model; "
+                "create it inside the model's `strategy.scope()`."
+            )
         super().compile(optimizer=optimizer, loss=loss, **kwargs)
         if correction_optimizer is None:
             correction_optimizer = keras.optimizers.Adam(DEFAULT_CORRECTION_LEARNING_RATE)
@@ -130,7 +139,7 @@ class TLNODEModel(keras.Model):
         self.correction_every = correction_every
         self.correction_steps = correction_steps
         self.teacher_samples = teacher_samples
-        self.teacher = teacher or DormandPrinceTeacher()
+        self.teacher = teacher
         self._tl_metrics = {
             "remainder": keras.metrics.Mean(name="remainder"),
             "nfe": keras.metrics.Mean(name="nfe"),
@@ -156,7 +165,8 @@ class TLNODEModel(keras.Model):
 
     def compile_from_config(self, config: dict) -> None:
         config = keras.saving.deserialize_keras_object(config)
-        teacher = DormandPrinceTeacher(**config.pop("teacher"))
+        with self.distribute_strategy.scope():
+            teacher = DormandPrinceTeacher(**config.pop("teacher"))
         self.compile(teacher=teacher, **config)
 
     @property

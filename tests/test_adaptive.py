@@ -6,6 +6,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+import tensorflow_probability as tfp
 from layer_checks import check_layer
 
 import keras_tlnode as kt
@@ -133,3 +134,19 @@ def test_teacher_flags_failed_solves(field, reason):
     # |λ| Δt = 100 needs more than 5 DormandPrince steps for stability alone.
     solution = kt.DormandPrinceTeacher(max_num_steps=5).solve(field, tf.constant(X0), 0.01)
     assert not bool(solution.ok), reason
+
+
+@pytest.mark.parametrize("jit_compile", [True, False])
+def test_teacher_step_cap_stops_the_solve(jit_compile):
+    # λ = -1000 over Δt = 50 needs about 10^4 stable DormandPrince steps; the cap of 50 must stop it
+    # (plus the few steps, growing 10x each, that finish the interval once the cap is spent).
+    field = lambda x: x * tf.constant([-1000.0, -1.0])
+    teacher = kt.DormandPrinceTeacher(max_num_steps=50, jit_compile=jit_compile)
+    solution = teacher.solve(field, tf.constant(X0), 50.0)
+    assert not bool(solution.ok)
+    steps = tfp.math.ode.DormandPrince.ODE_FN_EVALS_PER_STEP
+    assert int(solution.nfe) <= (50 + 15) * steps
+    # The same teacher solves a feasible problem afterwards: the count restarts per solve.
+    again = teacher.solve(lambda x: -x, tf.constant(X0), 0.5)
+    assert bool(again.ok)
+    np.testing.assert_allclose(again.states, X0 * np.exp(-0.5), rtol=1e-5)

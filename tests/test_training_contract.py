@@ -166,3 +166,14 @@ def test_a_rank_1_input_is_rejected_naming_the_shape():
 def test_a_field_of_the_wrong_shape_is_rejected_at_every_order(order):
     with pytest.raises(ValueError, match=r"`fn` must return its input's shape.*\(4, 3\).*\(4, 2\)"):
         kt.taylor_coefficients(lambda x: tf.concat([x, x[:, :1]], axis=1), tf.ones((4, 2)), order)
+
+
+def test_a_teacher_from_another_strategy_scope_is_refused():
+    teacher = kt.DormandPrinceTeacher()
+    with tf.distribute.OneDeviceStrategy("/cpu:0").scope():
+        inputs = keras.Input((2,))
+        ode = kt.TaylorLagrangeODE(keras.layers.Dense(2), t_final=0.1, correction=kt.MidpointCorrection())
+        model = kt.TLNODEModel(inputs, ode(inputs))
+        with pytest.raises(ValueError, match="`teacher` was created under another distribution strategy"):
+            model.compile(optimizer="sgd", loss="mse", teacher=teacher)
+        model.compile(optimizer="sgd", loss="mse", teacher=kt.DormandPrinceTeacher())
