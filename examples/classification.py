@@ -19,7 +19,7 @@ weights of f_θ and of the head, batches, optimiser and epochs:
               remainder weight λ = 10, trained by TLNODEModel (TL-NODE)
     dopri     DormandPrinceODE, adaptive, gradients by the adjoint (the baseline)
     taylor2   TaylorLagrangeODE(order=1, 2 steps) (Taylor method of degree 2, no correction)
-    rk4       TaylorLagrangeODE(method="rk4", 2 steps)
+    rk4       FixedStepODE(method="rk4", 2 steps)
 
 Baseline tolerance: rtol = atol = 1e-7 (the paper's is 1.4e-8;
 the baseline solves in float32, as tfp's adjoint needs the weights' dtype).
@@ -218,7 +218,7 @@ def head(dim: int) -> keras.Model:
 
 def build_ode(method: str, field: keras.Model, tolerance: float) -> keras.layers.Layer:
     """The ODE layer of `method` around `field`, over t ∈ [0, T_FINAL]."""
-    interval = dict(t_final=T_FINAL, time_dependent=True)
+    interval = dict(duration=T_FINAL, time_dependent=True)
     if method == "tl_node":
         correction = keras_tlnode.MidpointCorrection(mode="vector", hidden_units=CORRECTION_UNITS)
         return keras_tlnode.TaylorLagrangeODE(
@@ -227,7 +227,7 @@ def build_ode(method: str, field: keras.Model, tolerance: float) -> keras.layers
     if method == "taylor2":
         return keras_tlnode.TaylorLagrangeODE(field, order=1, num_steps=NUM_STEPS, **interval)
     if method == "rk4":
-        return keras_tlnode.TaylorLagrangeODE(field, num_steps=NUM_STEPS, method="rk4", **interval)
+        return keras_tlnode.FixedStepODE(field, method="rk4", num_steps=NUM_STEPS, **interval)
     if method == "dopri":
         return keras_tlnode.DormandPrinceODE(field, rtol=tolerance, atol=tolerance, **interval)
     raise ValueError(f"unknown method {method!r}; choose from {sorted(METHODS)}")
@@ -268,7 +268,7 @@ def inference_function(network: Network, jit_compile: bool) -> Callable[[tf.Tens
 
     def infer(x: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
         if adaptive:
-            states, nfe = network.ode.solve(x)
+            states, nfe, _ = network.ode.solve(x)
         else:
             states, nfe = network.ode(x, training=False), tf.constant(network.ode.nfe, tf.int64)
         return network.head(states, training=False), nfe
@@ -405,7 +405,7 @@ def make_config(args: argparse.Namespace, data: Data) -> dict:
         "steps_per_execution": args.steps_per_execution,
         "seed": args.seed,
         "num_steps": NUM_STEPS,
-        "t_final": T_FINAL,
+        "duration": T_FINAL,
         "learning_rate": list(LEARNING_RATE),
         "remainder_weight": REMAINDER_WEIGHT,
         "correction_units": list(CORRECTION_UNITS),

@@ -9,7 +9,7 @@ and the number of steps:
     tl_node   TaylorLagrangeODE(order=1, correction=MidpointCorrection()), trained by
               TLNODEModel with the package's default schedule and teacher
     taylor2   the same layer without correction (Taylor method of degree 2)
-    rk4       TaylorLagrangeODE(method="rk4")
+    rk4       FixedStepODE(method="rk4")
     dopri     DormandPrinceODE at rtol = atol = 1e-6 (the classic neural ODE)
 
 Systems (f_θ = MLP(64, 64, tanh) unless said):
@@ -146,13 +146,13 @@ def make_data(system: System, pairs: int, seed: int) -> dict:
 
 def build_ode(method: str, field: keras.layers.Layer, dt: float) -> keras.layers.Layer:
     if method == "tl_node":
-        return keras_tlnode.TaylorLagrangeODE(field, order=1, t_final=dt, correction=keras_tlnode.MidpointCorrection())
+        return keras_tlnode.TaylorLagrangeODE(field, order=1, duration=dt, correction=keras_tlnode.MidpointCorrection())
     if method == "taylor2":
-        return keras_tlnode.TaylorLagrangeODE(field, order=1, t_final=dt)
+        return keras_tlnode.TaylorLagrangeODE(field, order=1, duration=dt)
     if method == "rk4":
-        return keras_tlnode.TaylorLagrangeODE(field, method="rk4", t_final=dt)
+        return keras_tlnode.FixedStepODE(field, method="rk4", duration=dt)
     if method == "dopri":
-        return keras_tlnode.DormandPrinceODE(field, t_final=dt, rtol=BASELINE_TOLERANCE, atol=BASELINE_TOLERANCE)
+        return keras_tlnode.DormandPrinceODE(field, duration=dt, rtol=BASELINE_TOLERANCE, atol=BASELINE_TOLERANCE)
     raise ValueError(f"unknown method {method!r}; choose from {sorted(METHODS)}")
 
 

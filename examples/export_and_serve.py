@@ -96,7 +96,7 @@ def build_model(order: int = 1, state: int = 2, width: int = 32) -> keras.Model:
         vector_field(state, width),
         order=order,
         num_steps=NUM_STEPS,
-        t_final=T_FINAL,
+        duration=T_FINAL,
         correction=keras_tlnode.MidpointCorrection(hidden_units=(16,)),
         remainder_weight=1e-3,
         name="ode",
@@ -245,11 +245,11 @@ def main(argv: list[str] | None = None) -> dict:
     }
     for tolerance, dtype in ((1e-8, "float64"), (1e-5, "float32")):
         # `solve` runs in its inputs' dtype; f itself stays float32.
-        layer = keras_tlnode.DormandPrinceODE(ode.vector_field, t_final=T_FINAL, rtol=tolerance, atol=tolerance)
+        layer = keras_tlnode.DormandPrinceODE(ode.vector_field, duration=T_FINAL, rtol=tolerance, atol=tolerance)
         function = tf.function(lambda t, layer=layer, dtype=dtype: layer.solve(tf.cast(t, dtype)))
-        nfe = int(function(tensor)[1])
+        nfe = int(function(tensor).nfe)
         solvers[f"DormandPrince rtol=atol={tolerance:g} ({dtype})"] = (
-            lambda t, f=function: tf.cast(f(t)[0], tf.float32), nfe
+            lambda t, f=function: tf.cast(f(t).states, tf.float32), nfe
         )
     latency = {}
     print(f"\n   Latency per batch of {SERVE_BATCH} (median of {args.repeats} calls). Last columns: MSE against the"

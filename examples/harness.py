@@ -97,19 +97,19 @@ def rollout_layer(ode: keras.layers.Layer, num_steps: int) -> keras.layers.Layer
     For the fixed-step layers this is the autoregressive rollout; DormandPrince
     solves the whole horizon adaptively and reports the states every Δt.
     """
-    horizon = dict(num_steps=num_steps, t_final=num_steps * ode.step_size, return_trajectory=True)
+    horizon = dict(num_steps=num_steps, duration=num_steps * ode.step_size, return_trajectory=True)
     if isinstance(ode, keras_tlnode.DormandPrinceODE):
         return keras_tlnode.DormandPrinceODE(ode.vector_field, rtol=ode.rtol, atol=ode.atol, **horizon)
-    return keras_tlnode.TaylorLagrangeODE(
-        ode.vector_field, order=ode.order, correction=ode.correction, method=ode.method, **horizon
-    )
+    if isinstance(ode, keras_tlnode.FixedStepODE):
+        return keras_tlnode.FixedStepODE(ode.vector_field, method=ode.method, **horizon)
+    return keras_tlnode.TaylorLagrangeODE(ode.vector_field, order=ode.order, correction=ode.correction, **horizon)
 
 
 def nfe_per_call(ode: keras.layers.Layer, batches: list) -> float:
     """f-evaluations per call: fixed for the fixed-step layers, the mean over `batches` for DormandPrince."""
     if isinstance(ode, keras_tlnode.DormandPrinceODE):
         solve = tf.function(ode.solve)
-        return float(np.mean([int(solve(tf.constant(batch))[1]) for batch in batches]))
+        return float(np.mean([int(solve(tf.constant(batch)).nfe) for batch in batches]))
     return float(ode.nfe)
 
 

@@ -12,8 +12,8 @@ weights, schedule and epochs:
 
     tl_node   TaylorLagrangeODE(order=1, correction=MidpointCorrection)  (TL-NODE), trained by TLNODEModel
     taylor2   TaylorLagrangeODE(order=1)                  (Taylor method of degree 2)
-    rk4       TaylorLagrangeODE(method="rk4")
-    euler     TaylorLagrangeODE(method="euler")
+    rk4       FixedStepODE(method="rk4")
+    euler     FixedStepODE(method="euler")
     dopri5    DormandPrinceODE (adaptive; the classic neural ODE, the baseline)
 
 Model: f_θ = Dense(64) → Dense(2), no activation. TL-NODE uses the package's
@@ -139,14 +139,14 @@ def build_ode(method: str, field: keras.layers.Layer, remainder_weight: float) -
     if method == "tl_node":
         correction = keras_tlnode.MidpointCorrection()
         return keras_tlnode.TaylorLagrangeODE(
-            field, order=1, t_final=DT, correction=correction, remainder_weight=remainder_weight
+            field, order=1, duration=DT, correction=correction, remainder_weight=remainder_weight
         )
     if method == "taylor2":
-        return keras_tlnode.TaylorLagrangeODE(field, order=1, t_final=DT)
+        return keras_tlnode.TaylorLagrangeODE(field, order=1, duration=DT)
     if method in ("rk4", "euler"):
-        return keras_tlnode.TaylorLagrangeODE(field, t_final=DT, method=method)
+        return keras_tlnode.FixedStepODE(field, method=method, duration=DT)
     if method == "dopri5":
-        return keras_tlnode.DormandPrinceODE(field, t_final=DT, rtol=BASELINE_TOLERANCE, atol=BASELINE_TOLERANCE)
+        return keras_tlnode.DormandPrinceODE(field, duration=DT, rtol=BASELINE_TOLERANCE, atol=BASELINE_TOLERANCE)
     raise ValueError(f"unknown method {method!r}; choose from {sorted(METHODS)}")
 
 

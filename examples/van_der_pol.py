@@ -10,7 +10,7 @@ optimizer schedule and epochs for every method:
     tl_node   TaylorLagrangeODE(order=1, correction=MidpointCorrection(mode="matrix", hidden_units=(16, 16)))
               trained with keras_tlnode.TLNODEModel (correction fitted to a DormandPrince teacher)
     taylor2   TaylorLagrangeODE(order=1, correction=None)  (Taylor method of degree 2)
-    rk4       TaylorLagrangeODE(method="rk4")
+    rk4       FixedStepODE(method="rk4")
     dopri     keras_tlnode.DormandPrinceODE (adaptive, tfp's adjoint), the classic neural ODE
 
 Data choices:
@@ -155,15 +155,15 @@ def build_ode(method: str, config: dict) -> keras.layers.Layer:
     if method == "tl_node":
         correction = keras_tlnode.MidpointCorrection(mode="matrix", hidden_units=(16, 16))
         return keras_tlnode.TaylorLagrangeODE(
-            field, order=1, t_final=dt, correction=correction, remainder_weight=config["remainder_weight"]
+            field, order=1, duration=dt, correction=correction, remainder_weight=config["remainder_weight"]
         )
     if method == "taylor2":
-        return keras_tlnode.TaylorLagrangeODE(field, order=1, t_final=dt)
+        return keras_tlnode.TaylorLagrangeODE(field, order=1, duration=dt)
     if method == "rk4":
-        return keras_tlnode.TaylorLagrangeODE(field, t_final=dt, method="rk4")
+        return keras_tlnode.FixedStepODE(field, method="rk4", duration=dt)
     if method == "dopri":
         tolerance = config["dp_tolerance"]
-        return keras_tlnode.DormandPrinceODE(field, t_final=dt, rtol=tolerance, atol=tolerance)
+        return keras_tlnode.DormandPrinceODE(field, duration=dt, rtol=tolerance, atol=tolerance)
     raise ValueError(f"unknown method {method!r}; choose from {sorted(METHODS)}")
 
 
@@ -200,7 +200,7 @@ def rollout(ode: keras.layers.Layer, x0: np.ndarray, num_steps: int) -> tuple[np
     """The autoregressive rollout from `x0` over `num_steps` steps, and its f-evaluations."""
     layer = harness.rollout_layer(ode, num_steps)
     if isinstance(layer, keras_tlnode.DormandPrinceODE):
-        states, nfe = tf.function(layer.solve)(tf.constant(x0))
+        states, nfe, _ = tf.function(layer.solve)(tf.constant(x0))
         return np.asarray(states), int(nfe)
     return np.asarray(layer(tf.constant(x0))), layer.nfe
 

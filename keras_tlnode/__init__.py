@@ -2,7 +2,8 @@
 
 Public API: `taylor_coefficients`, `TaylorLagrangeODE`, `MidpointCorrection`,
 `TLNODEModel` and its teacher, `DormandPrinceTeacher`, `export_saved_model`
-for serving, and `DormandPrinceODE`, the adaptive-solver baseline.
+for serving, and the baselines: `FixedStepODE` (Euler, Heun, RK4) and
+`DormandPrinceODE` (adaptive).
 """
 
 import keras as _keras
@@ -16,7 +17,7 @@ if _keras.backend.backend() != "tensorflow":
 from keras_tlnode.adaptive import DormandPrinceODE  # noqa: E402
 from keras_tlnode.correction import MidpointCorrection  # noqa: E402
 from keras_tlnode.export import export_saved_model  # noqa: E402
-from keras_tlnode.layers import TaylorLagrangeODE  # noqa: E402
+from keras_tlnode.layers import FixedStepODE, TaylorLagrangeODE  # noqa: E402
 from keras_tlnode.taylor import taylor_coefficients  # noqa: E402
 from keras_tlnode.teacher import DormandPrinceTeacher  # noqa: E402
 from keras_tlnode.training import TLNODEModel  # noqa: E402
@@ -24,6 +25,7 @@ from keras_tlnode.training import TLNODEModel  # noqa: E402
 __all__ = [
     "DormandPrinceODE",
     "DormandPrinceTeacher",
+    "FixedStepODE",
     "MidpointCorrection",
     "TLNODEModel",
     "TaylorLagrangeODE",

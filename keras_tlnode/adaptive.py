@@ -15,12 +15,13 @@ import keras
 import tensorflow as tf
 import tensorflow_probability as tfp
 
-from keras_tlnode.layers import ODELayer, finite_float
+from keras_tlnode.layers import ODELayer
+from keras_tlnode.validation import check_float
 
 
-class AdaptiveSolution(NamedTuple):
-    """A DormandPrince solve: `states` at each requested time (on a new axis 0),
-    `nfe` its f-evaluations, `ok` whether it succeeded with finite f throughout."""
+class Solution(NamedTuple):
+    """An adaptive solve: its `states`, `nfe` its f-evaluations, and `ok` whether it
+    succeeded within its step cap with a finite f throughout (a scalar bool)."""
 
     states: tf.Tensor
     nfe: tf.Tensor
@@ -68,8 +69,8 @@ def dormand_prince(
     atol: float,
     dtype: tf.dtypes.DType,
     budget: EvaluationBudget | None = None,
-) -> AdaptiveSolution:
-    """Solves dx/ds = field(x, s) from `x` at s = 0 and returns the states at `times`.
+) -> Solution:
+    """Solves dx/ds = field(x, s) from `x` at s = 0; the states at `times` on a new axis 0.
 
     The solver's state and error control run in `dtype`; `field` receives the
     state and the elapsed time s (a scalar) in `x`'s dtype, and the states come
@@ -115,18 +116,18 @@ def dormand_prince(
             tf.reduce_all(tf.math.is_finite(states)),
         ]
     )
-    return AdaptiveSolution(states, tf.cast(results.diagnostics.num_ode_fn_evaluations, tf.int64), ok)
+    return Solution(states, tf.cast(results.diagnostics.num_ode_fn_evaluations, tf.int64), ok)
 
 
 @keras.saving.register_keras_serializable(package="keras_tlnode")
 class DormandPrinceODE(ODELayer):
-    """Integrates `dx/dt = f_θ(x)` over `[t_initial, t_initial + t_final]` with adaptive DormandPrince.
+    """Integrates `dx/dt = f_θ(x)` over `[t_initial, t_initial + duration]` with adaptive DormandPrince.
 
     The classic neural ODE (torchdiffeq's `odeint_adjoint(method="dopri5")`),
     here as the baseline that TL-NODE is measured against: the same vector
     field and interface as `TaylorLagrangeODE`, solved by
     `tfp.math.ode.DormandPrince`, gradients by tfp's adjoint method. Its cost
-    is not fixed: `solve` returns the f-evaluations of a call.
+    is not fixed: `solve` returns the f-evaluations of a call with its states.
 
     The solver runs in the inputs' dtype (tfp's adjoint needs the state and
     the weights in one dtype). In float32, tolerances below about 1e-6 to 1e-7
@@ -140,13 +141,15 @@ class DormandPrinceODE(ODELayer):
         num_steps: with `return_trajectory`, the number of equal intervals at
             whose ends the states are returned (the solver chooses its own
             steps), >= 1.
-        t_final: length of the integration interval, finite and > 0.
+        duration: length of the integration interval, finite and > 0
+            (default 1.0).
         rtol: relative tolerance, > 0.
         atol: absolute tolerance, > 0.
         time_dependent: whether f depends on t as well.
-        return_trajectory: return the states at t = 0, Δt, ..., t_final on a new
-            axis 1 instead of the final state.
+        return_trajectory: return the states at t_initial + 0, Δt, ...,
+            duration on a new axis 1 instead of the final state.
         t_initial: time at the start of the interval (time-dependent fields).
+        t_final: deprecated name of `duration`.
         **kwargs: standard `keras.layers.Layer` arguments.
 
     A solve whose f turns non-finite returns NaN states (it would otherwise
@@ -159,46 +162,51 @@ class DormandPrinceODE(ODELayer):
     >>> ode = keras_tlnode.DormandPrinceODE(keras.layers.Dense(2), rtol=1e-6, atol=1e-6)
     >>> inputs = keras.Input((2,))
     >>> model = keras.Model(inputs, ode(inputs))
-    >>> states, nfe = ode.solve(keras.ops.ones((4, 2)))
-    >>> tuple(states.shape)
-    (4, 2)
+    >>> solution = ode.solve(keras.ops.ones((4, 2)))
+    >>> tuple(solution.states.shape), bool(solution.ok)
+    ((4, 2), True)
     """
 
     def __init__(
         self,
         vector_field: keras.layers.Layer,
         num_steps: int = 1,
-        t_final: float = 1.0,
+        duration: float | None = None,
         rtol: float = 1e-6,
         atol: float = 1e-6,
         time_dependent: bool = False,
         return_trajectory: bool = False,
         t_initial: float = 0.0,
+        *,
+        t_final: float | None = None,
         **kwargs,
     ):
-        super().__init__(vector_field, num_steps, t_final, time_dependent, return_trajectory, t_initial, **kwargs)
-        self.rtol = finite_float(rtol, "rtol", positive=True)
-        self.atol = finite_float(atol, "atol", positive=True)
+        super().__init__(
+            vector_field, num_steps, duration, time_dependent, return_trajectory, t_initial, t_final=t_final, **kwargs
+        )
+        self.rtol = check_float(rtol, "rtol", positive=True)
+        self.atol = check_float(atol, "atol", positive=True)
 
     def call(self, inputs: tf.Tensor) -> tf.Tensor:
-        return self.solve(inputs)[0]
+        return self.solve(inputs).states
 
-    def solve(self, inputs: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-        """(the layer's output for `inputs`, the f-evaluations it took)."""
+    def solve(self, inputs: tf.Tensor) -> Solution:
+        """The solve from `inputs`: `states` the layer's output (NaN where it failed), `nfe`, `ok`."""
         inputs = tf.convert_to_tensor(inputs)
         self._check_inputs(inputs)
         if not self.built:
             self.build(tuple(inputs.shape))
         if self.return_trajectory:
-            times = [k * self.step_size for k in range(1, self.num_steps)] + [self.t_final]
+            times = [k * self.step_size for k in range(1, self.num_steps)] + [self.duration]
         else:
-            times = [self.t_final]
+            times = [self.duration]
         solution = dormand_prince(self._field_at, inputs, times, self.rtol, self.atol, inputs.dtype)
         states = tf.where(solution.ok, solution.states, tf.constant(math.nan, inputs.dtype))
         if self.return_trajectory:
-            states = tf.concat([inputs[tf.newaxis], states], axis=0)
-            return tf.experimental.numpy.moveaxis(states, 0, 1), solution.nfe
-        return states[-1], solution.nfe
+            states = tf.experimental.numpy.moveaxis(tf.concat([inputs[tf.newaxis], states], axis=0), 0, 1)
+        else:
+            states = states[-1]
+        return Solution(states, solution.nfe, solution.ok)
 
     def _field_at(self, x: tf.Tensor, elapsed: tf.Tensor) -> tf.Tensor:
         if not self.time_dependent:

@@ -7,6 +7,8 @@ import math
 import keras
 import tensorflow as tf
 
+from keras_tlnode.validation import check_bool, check_choice, check_float, check_instance, check_int
+
 MODES = ("vector", "matrix")
 
 
@@ -30,7 +32,7 @@ class MidpointCorrection(keras.layers.Layer):
     point x(t + θΔt) with θ in (0, 1); `bounded=True` keeps each component of Γ
     in (0, 1) accordingly. It is not the default: ξ is a straight-line
     extrapolation, not a point of the curved solution, and on a nonlinear
-    system (Van der Pol, README "The correction") the bound made the model 2.3x
+    system (Van der Pol, docs/results.md, "The correction") the bound made the model 2.3x
     less accurate than without it.
 
     `γ₀ = base_value` defaults to 1/(p+2) for a `TaylorLagrangeODE` of order
@@ -84,25 +86,17 @@ class MidpointCorrection(keras.layers.Layer):
         **kwargs,
     ):
         super().__init__(**kwargs)
-        if mode not in MODES:
-            raise ValueError(f"`mode` must be one of {MODES}, got {mode!r}.")
-        hidden_units = tuple(hidden_units)
-        if any(isinstance(u, bool) or not isinstance(u, int) or u < 1 for u in hidden_units):
-            raise ValueError(f"`hidden_units` must be positive ints, got {hidden_units!r}.")
-        if network is not None and not isinstance(network, keras.layers.Layer):
-            raise TypeError(f"`network` must be a keras.layers.Layer or None, got {type(network).__name__}.")
-        for name, flag in (("use_step_size", use_step_size), ("bounded", bounded), ("trust", trust)):
-            if not isinstance(flag, bool):
-                raise TypeError(f"`{name}` must be a bool, got {flag!r} ({type(flag).__name__}).")
+        self.mode = check_choice(mode, "mode", MODES)
+        if not isinstance(hidden_units, (tuple, list)):
+            raise TypeError(f"`hidden_units` must be a tuple or list of ints >= 1, got {hidden_units!r}.")
+        self.hidden_units = tuple(check_int(units, "hidden_units") for units in hidden_units)
+        self.activation = activation
+        self.network = check_instance(network, "network", keras.layers.Layer, optional=True)
+        self.use_step_size = check_bool(use_step_size, "use_step_size")
+        self.bounded = check_bool(bounded, "bounded")
+        self.trust = check_bool(trust, "trust")
         if bounded and mode == "matrix":
             raise ValueError("`bounded=True` applies to mode='vector' only; matrix mode is unbounded.")
-        self.mode = mode
-        self.hidden_units = hidden_units
-        self.activation = activation
-        self.network = network
-        self.use_step_size = use_step_size
-        self.bounded = bounded
-        self.trust = trust
         self.base_value = None
         if base_value is not None:
             self.base_value = _check_base_value(base_value, self.bounded)
@@ -226,8 +220,7 @@ class _UnitInterval(keras.constraints.Constraint):
 
 
 def _check_base_value(value: object, bounded: bool) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise ValueError(f"`base_value` must be a finite float or None, got {value!r}.")
+    value = check_float(value, "base_value")
     if bounded and not 0.0 < value < 1.0:
         raise ValueError(f"`base_value` must be in (0, 1) for a bounded correction, got {value!r}.")
     return float(value)

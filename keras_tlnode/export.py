@@ -4,8 +4,8 @@
 orders 0-3. `export_saved_model` writes the same kind of SavedModel and adds
 what Keras's export cannot do for a TL-NODE:
 
-- a `"trajectory"` endpoint, the states of the model's `TaylorLagrangeODE` at
-  t = 0, Δt, ..., t_final, next to the usual `"serve"` endpoint;
+- a `"trajectory"` endpoint, the states of the model's fixed-step ODE layer
+  (`TaylorLagrangeODE` or `FixedStepODE`) at t_initial + 0, Δt, ..., duration, next to the usual `"serve"` endpoint;
 - orders 4-6 with a dynamic batch size (`chunk_size`): outside a GradientTape,
   TensorFlow's nested forward mode fails at depth 4 and more whenever the batch
   size is unknown at trace time, so the model is run on fixed-size chunks of
@@ -22,8 +22,9 @@ import keras
 import tensorflow as tf
 from keras.src.export.export_utils import get_input_signature, make_tf_tensor_spec
 
-from keras_tlnode.layers import TaylorLagrangeODE, tl_layers
+from keras_tlnode.layers import StepwiseODE, TaylorLagrangeODE, layers_of
 from keras_tlnode.taylor import GUARANTEED_ORDER
+from keras_tlnode.validation import check_optional_int
 
 SERVE = "serve"
 TRAJECTORY = "trajectory"
@@ -33,7 +34,7 @@ def export_saved_model(
     model: keras.Model,
     filepath: str | os.PathLike,
     *,
-    trajectory: bool | TaylorLagrangeODE = False,
+    trajectory: bool | StepwiseODE = False,
     input_signature: list | None = None,
     chunk_size: int | None = None,
 ) -> None:
@@ -45,7 +46,7 @@ def export_saved_model(
 
     - `"serve"`, also the `"serving_default"` signature: `model(x, training=False)`.
     - `"trajectory"`, with `trajectory=True`: the states of the model's
-      `TaylorLagrangeODE` at t = 0, Δt, ..., t_final, shape
+      `TaylorLagrangeODE` (or `FixedStepODE`) at t_initial + 0, Δt, ..., duration, shape
       `(batch, num_steps + 1, *state_shape)`, integrated from the states that the
       layer receives inside the model (the model's inputs, if nothing comes
       before it); layers after it are not applied.
@@ -82,10 +83,9 @@ def export_saved_model(
         raise TypeError(f"`model` must be a keras.Model, got {type(model).__name__}.")
     if not model.built:
         raise ValueError("The model must be built (called once, or built with `keras.Input`) before export.")
-    if chunk_size is not None and (isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1):
-        raise ValueError(f"`chunk_size` must be an int >= 1 or None, got {chunk_size!r}.")
+    chunk_size = check_optional_int(chunk_size, "chunk_size")
     signature = keras.tree.map_structure(make_tf_tensor_spec, list(input_signature or get_input_signature(model)))
-    layers = tl_layers(model)
+    layers = layers_of(model, StepwiseODE)
     _check_batch(layers, signature, chunk_size)
 
     callables = {SERVE: model}
@@ -120,9 +120,9 @@ def _captured_variables(functions) -> list[tf.Variable]:
     return list(found.values())
 
 
-def _check_batch(layers: list[TaylorLagrangeODE], signature: list[tf.TensorSpec], chunk_size: int | None) -> None:
-    """Orders >= 4 cannot be traced with an unknown batch size (README, "Serving")."""
-    deep = [layer for layer in layers if layer.method == "taylor_lagrange" and layer.order > GUARANTEED_ORDER]
+def _check_batch(layers: list[StepwiseODE], signature: list[tf.TensorSpec], chunk_size: int | None) -> None:
+    """Orders >= 4 cannot be traced with an unknown batch size (docs/usage.md, "Serving")."""
+    deep = [layer for layer in layers if isinstance(layer, TaylorLagrangeODE) and layer.order > GUARANTEED_ORDER]
     dynamic = any(spec.shape.rank and spec.shape[0] is None for spec in tf.nest.flatten(signature))
     if chunk_size is not None:
         single = len(signature) == 1 and isinstance(signature[0], tf.TensorSpec)
@@ -141,42 +141,40 @@ def _check_batch(layers: list[TaylorLagrangeODE], signature: list[tf.TensorSpec]
 
 
 def _trajectory_model(
-    model: keras.Model, layers: list[TaylorLagrangeODE], trajectory: bool | TaylorLagrangeODE
+    model: keras.Model, layers: list[StepwiseODE], trajectory: bool | StepwiseODE
 ) -> keras.Model:
-    """A model from `model`'s inputs to the trajectory of one of its TL layers, sharing its weights."""
+    """A model from `model`'s inputs to the trajectory of one of its fixed-step layers, sharing its weights."""
     if trajectory is True:
         if len(layers) != 1:
             raise ValueError(
-                f"`trajectory=True` needs a model with exactly one TaylorLagrangeODE, found {len(layers)}; "
+                f"`trajectory=True` needs a model with exactly one TaylorLagrangeODE or FixedStepODE, found {len(layers)}; "
                 "pass the layer itself as `trajectory`."
             )
         layer = layers[0]
-    elif isinstance(trajectory, TaylorLagrangeODE):
+    elif isinstance(trajectory, StepwiseODE):
         if not any(trajectory is candidate for candidate in layers):
             raise ValueError(f"`trajectory`: the layer {trajectory.name!r} is not part of the model.")
         layer = trajectory
     else:
-        raise TypeError(f"`trajectory` must be a bool or a TaylorLagrangeODE of the model, got {trajectory!r}.")
+        raise TypeError(
+            f"`trajectory` must be a bool or a TaylorLagrangeODE or FixedStepODE of the model, got {trajectory!r}."
+        )
     try:
         # A Sequential model has one input and no `input` of its own.
         inputs = model.inputs[0] if isinstance(model, keras.Sequential) else model.input
         state = layer.input
     except (AttributeError, ValueError, IndexError, TypeError) as error:
         raise ValueError(
-            "The trajectory endpoint needs a functional or Sequential model in which the TaylorLagrangeODE "
+            "The trajectory endpoint needs a functional or Sequential model in which the ODE layer "
             f"is called once (what feeds the layer must be known): {error}"
         ) from error
     # The same vector field and correction objects, so the same weights; only
     # the output changes. remainder_weight only acts in training.
     config = layer.get_config()
-    config.update(
-        vector_field=layer.vector_field,
-        correction=layer.correction,
-        return_trajectory=True,
-        remainder_weight=0.0,
-        name=f"{layer.name}_trajectory",
-    )
-    twin = TaylorLagrangeODE(**config)
+    config.update(vector_field=layer.vector_field, return_trajectory=True, name=f"{layer.name}_trajectory")
+    if isinstance(layer, TaylorLagrangeODE):
+        config.update(correction=layer.correction, remainder_weight=0.0)
+    twin = type(layer)(**config)
     return keras.Model(inputs, twin(state), name=f"{model.name}_{TRAJECTORY}")
 
 

@@ -1,65 +1,85 @@
-"""`TaylorLagrangeODE`: a neural ODE layer solved by fixed Taylor-Lagrange steps.
+"""The fixed-step ODE layers: `TaylorLagrangeODE` and `FixedStepODE`.
 
-`ODELayer` holds what it shares with the adaptive baseline `DormandPrinceODE`.
+`ODELayer` holds what every ODE layer of the package shares (the vector field,
+the interval, the output shape, the config), also the adaptive
+`DormandPrinceODE`. A fixed-step layer's data path reads top to bottom:
+inputs → `rollout` of `num_steps` calls of `step` → output; `step` is the
+Taylor-Lagrange step (`schemes.taylor_lagrange_step`) or a classical one.
+
+Module state, on purpose: eager calls run the rollout as a tf.function, one per
+layer, kept in `_TRACED`, a weak cache outside the layer so that Keras's
+tracking and export never see it.
 """
 
 from __future__ import annotations
 
-import contextlib
 import functools
-import math
-import numbers
-import threading
+import inspect
+import warnings
 import weakref
-from typing import Callable, Iterator, NamedTuple
+from typing import Callable, TypeVar
 
 import keras
 import tensorflow as tf
 
 from keras_tlnode.correction import MidpointCorrection
+from keras_tlnode.recording import record
 from keras_tlnode.rollout import rollout
 from keras_tlnode.schemes import CLASSICAL, taylor_lagrange_evaluations, taylor_lagrange_step
-from keras_tlnode.taylor import validate_order
+from keras_tlnode.taylor import MAX_ORDER
+from keras_tlnode.validation import (
+    check_bool,
+    check_choice,
+    check_duration,
+    check_field_shape,
+    check_float,
+    check_instance,
+    check_int,
+)
 
-METHODS = ("taylor_lagrange",) + tuple(CLASSICAL)
+L = TypeVar("L", bound=keras.layers.Layer)
 
 
 class ODELayer(keras.layers.Layer):
     """What the package's ODE layers share: the vector field, the interval, the output shape, the config.
 
     Subclasses solve dx/dt = f_θ(x) (or f_θ(x, t)) from their inputs at
-    `t_initial` to `t_initial + t_final` in `call`; this base validates the
+    `t_initial` to `t_initial + duration` in `call`; this base validates the
     shared arguments, builds the vector field and checks its output shape.
+    `t_final`, the old name of `duration`, still works with a
+    `DeprecationWarning` until 1.0.
     """
 
     def __init__(
         self,
         vector_field: keras.layers.Layer,
         num_steps: int = 1,
-        t_final: float = 1.0,
+        duration: float | None = None,
         time_dependent: bool = False,
         return_trajectory: bool = False,
         t_initial: float = 0.0,
+        *,
+        t_final: float | None = None,
         **kwargs,
     ):
         super().__init__(**kwargs)
-        if not isinstance(vector_field, keras.layers.Layer):
-            raise TypeError(
-                f"`vector_field` must be a keras.layers.Layer or keras.Model, got {type(vector_field).__name__}."
-            )
-        if isinstance(num_steps, bool) or not isinstance(num_steps, int) or num_steps < 1:
-            raise ValueError(f"`num_steps` must be an int >= 1, got {num_steps!r}.")
-        self.vector_field = vector_field
-        self.num_steps = num_steps
-        self.t_final = finite_float(t_final, "t_final", positive=True)
-        self.t_initial = finite_float(t_initial, "t_initial")
-        self.time_dependent = _bool(time_dependent, "time_dependent")
-        self.return_trajectory = _bool(return_trajectory, "return_trajectory")
+        self.vector_field = check_instance(vector_field, "vector_field", keras.layers.Layer)
+        self.num_steps = check_int(num_steps, "num_steps")
+        self.duration = check_duration(duration, t_final)
+        self.t_initial = check_float(t_initial, "t_initial")
+        self.time_dependent = check_bool(time_dependent, "time_dependent")
+        self.return_trajectory = check_bool(return_trajectory, "return_trajectory")
+
+    @property
+    def t_final(self) -> float:
+        """Deprecated name of `duration` (the interval's length), until 1.0."""
+        warnings.warn("`t_final` is deprecated: use `duration`.", DeprecationWarning, stacklevel=2)
+        return self.duration
 
     @property
     def step_size(self) -> float:
-        """Δt = t_final / num_steps."""
-        return self.t_final / self.num_steps
+        """Δt = duration / num_steps."""
+        return self.duration / self.num_steps
 
     def build(self, input_shape: tuple) -> None:
         if len(input_shape) < 2:
@@ -71,12 +91,12 @@ class ODELayer(keras.layers.Layer):
         if not self.vector_field.built:
             self.vector_field.build(self._field_input_shape(input_shape))
         spec = self.vector_field.compute_output_spec(self._field_input_spec(state_shape))
-        _check_field_shape(tuple(spec.shape[1:]), state_shape)
+        check_field_shape(tuple(spec.shape[1:]), state_shape)
 
     def derivative(self, x: tf.Tensor, t: tf.Tensor | None = None) -> tf.Tensor:
         """f_θ(x) (or f_θ(x, t), `t` of shape `(batch, 1)`), checked to be shaped like the states."""
         derivative = self.vector_field(x if t is None else [x, t])
-        _check_field_shape(tuple(derivative.shape[1:]), tuple(x.shape[1:]))
+        check_field_shape(tuple(derivative.shape[1:]), tuple(x.shape[1:]))
         return derivative
 
     def _field_input_shape(self, input_shape: tuple) -> tuple | list:
@@ -104,7 +124,7 @@ class ODELayer(keras.layers.Layer):
         config.update(
             vector_field=keras.saving.serialize_keras_object(self.vector_field),
             num_steps=self.num_steps,
-            t_final=self.t_final,
+            duration=self.duration,
             time_dependent=self.time_dependent,
             return_trajectory=self.return_trajectory,
             t_initial=self.t_initial,
@@ -115,145 +135,38 @@ class ODELayer(keras.layers.Layer):
     def from_config(cls, config: dict) -> "ODELayer":
         config = dict(config)
         config["vector_field"] = keras.saving.deserialize_keras_object(config["vector_field"])
+        if "t_final" in config:  # saved by 0.1
+            config["duration"] = config.pop("t_final")
         return cls(**config)
 
 
-@keras.saving.register_keras_serializable(package="keras_tlnode")
-class TaylorLagrangeODE(ODELayer):
-    """Integrates `dx/dt = f_θ(x)` over `[t_initial, t_initial + t_final]` in fixed steps.
-
-    Each of the `num_steps` steps of size Δt = t_final / num_steps is
-
-        x_{k+1} = x_k + Σ_{i=1..p} Δt^i/i! · x^(i)(x_k) + Δt^(p+1)/(p+1)! · x^(p+1)(ξ_k)
-
-    with the Taylor coefficients x^(i) from nested forward-mode differentiation
-    (`taylor_coefficients`) and ξ_k = x_k + Δt · Γ_φ(x_k) ⊙ f_θ(x_k) placed by
-    `correction`; with `correction=None`, ξ_k = x_k and the step is the Taylor
-    method of degree p+1. `method="euler" | "heun" | "rk4"` swaps the step for a
-    classical scheme through the same layer, rollout and API.
-
-    f-evaluations per call (`nfe`): `num_steps` times the calls of f per step:
-    p+1 for the uncorrected Taylor step, max(p, 1) + p + 1 with a correction, and
-    1, 2, 4 for Euler, Heun, RK4. A call inside k nested forward accumulators
-    costs about 2^k plain calls; `examples/benchmark.py` measures the real cost.
-
-    In training mode, `remainder_weight` λ > 0 adds λ · Σ_k mean|R_k| to the
-    model's losses, R_k being the last (remainder) term of step k.
-
-    Args:
-        vector_field: Keras layer or model computing f_θ, output shaped like its
-            input. Its weights become this layer's weights. With
-            `time_dependent=True` it is called as `vector_field([x, t])`, `t` of
-            shape `(batch, 1)`.
-        order: p, the degree of the Taylor polynomial, an int in [0, 6]; the
-            remainder uses the (p+1)-th derivative. Orders above 3 work only for
-            some ops (README, "Support matrix").
-        num_steps: number of fixed steps, >= 1.
-        t_final: length of the integration interval, finite and > 0.
-        correction: `MidpointCorrection` (Γ_φ) or None.
-        remainder_weight: λ >= 0, weight of the remainder penalty.
-        time_dependent: whether f depends on t as well.
-        return_trajectory: return the states at t = 0, Δt, ..., t_final on a new
-            axis 1 instead of the final state.
-        method: "taylor_lagrange" (default), "euler", "heun" or "rk4".
-        t_initial: time at the start of the interval (time-dependent fields).
-        **kwargs: standard `keras.layers.Layer` arguments.
-
-    Example:
-
-    >>> import keras, keras_tlnode
-    >>> ode = keras_tlnode.TaylorLagrangeODE(
-    ...     keras.layers.Dense(2), order=1, num_steps=2,
-    ...     correction=keras_tlnode.MidpointCorrection(hidden_units=(16,)))
-    >>> inputs = keras.Input((2,))
-    >>> model = keras.Model(inputs, keras.layers.Dense(1)(ode(inputs)))
-    >>> model.compile("adam", "mse")
-    >>> ode.nfe
-    6
-    """
-
-    def __init__(
-        self,
-        vector_field: keras.layers.Layer,
-        order: int = 1,
-        num_steps: int = 1,
-        t_final: float = 1.0,
-        correction: MidpointCorrection | None = None,
-        remainder_weight: float = 0.0,
-        time_dependent: bool = False,
-        return_trajectory: bool = False,
-        method: str = "taylor_lagrange",
-        t_initial: float = 0.0,
-        **kwargs,
-    ):
-        super().__init__(vector_field, num_steps, t_final, time_dependent, return_trajectory, t_initial, **kwargs)
-        if method not in METHODS:
-            raise ValueError(f"`method` must be one of {METHODS}, got {method!r}.")
-        if correction is not None and not isinstance(correction, MidpointCorrection):
-            raise TypeError(f"`correction` must be a MidpointCorrection or None, got {type(correction).__name__}.")
-        if correction is not None and method != "taylor_lagrange":
-            raise ValueError(f"`correction` only applies to method='taylor_lagrange', got method={method!r}.")
-        self.order = validate_order(order)
-        self.remainder_weight = finite_float(remainder_weight, "remainder_weight", non_negative=True)
-        self.correction = correction
-        if correction is not None and correction.base_value is None:
-            correction.set_base_value(1.0 / (self.order + 2))
-        self.method = method
+class StepwiseODE(ODELayer):
+    """A layer that integrates in `num_steps` fixed steps of its `step`: the base
+    of `TaylorLagrangeODE` and `FixedStepODE` (internal; not part of the public API)."""
 
     @property
     def nfe(self) -> int:
-        """Calls of the vector field per call of this layer (see the class docstring)."""
-        if self.method in CLASSICAL:
-            return self.num_steps * CLASSICAL[self.method][1]
-        return self.num_steps * taylor_lagrange_evaluations(self.order, self.correction is not None)
+        """Calls of the vector field per call of this layer."""
+        raise NotImplementedError
 
-    def build(self, input_shape: tuple) -> None:
-        super().build(input_shape)
-        if self.correction is not None and not self.correction.built:
-            self.correction.build(input_shape)
+    def step(self, states: tf.Tensor, times: tf.Tensor | None = None) -> tuple[tf.Tensor, tf.Tensor]:
+        """One step of Δt: `(next states, remainder term)`."""
+        raise NotImplementedError
 
     def call(self, inputs: tf.Tensor, training: bool | None = None) -> tf.Tensor:
         self._check_inputs(inputs)
-        penalise = bool(training) and self.remainder_weight > 0
+        return self._rollout(inputs, penalise=False)[0]
+
+    def _rollout(self, x: tf.Tensor, penalise: bool) -> tuple[tf.Tensor, tf.Tensor]:
+        """`(output states, Σ_k mean|R_k| if penalise)` of the rollout from `x`."""
         integrate = _traced_integrate(self) if tf.executing_eagerly() else self._integrate
-        states, remainder = integrate(inputs, penalise)
-        penalty = self.remainder_weight * remainder if penalise else None
-        if penalty is not None and penalty.dtype.size < 4:
-            # Under mixed precision Keras sums the losses in float32.
-            penalty = tf.cast(penalty, tf.float32)
-        if penalty is not None:
-            self.add_loss(penalty)
-        _record(self, inputs, penalty)
-        return states
+        return integrate(x, penalise)
 
     def _integrate(self, x: tf.Tensor, penalise: bool) -> tuple[tf.Tensor, tf.Tensor]:
         def step(state: tf.Tensor, k: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
             return self.step(state, self._time(state, k))
 
         return rollout(step, x, self.num_steps, self.return_trajectory, sum_remainders=penalise)
-
-    def step(
-        self, states: tf.Tensor, times: tf.Tensor | None = None, apply_trust: bool = True
-    ) -> tuple[tf.Tensor, tf.Tensor]:
-        """One step of Δt of this layer's scheme: `(next states, remainder term)`.
-
-        Args:
-            states: `(batch, *state_shape)`, each the start of a step.
-            times: `(batch, 1)` start times for a time-dependent field, else None.
-            apply_trust: False steps with the fitted correction at full strength
-                (`MidpointCorrection.call`), as the correction phase fits it.
-
-        Returns:
-            The states one step later and the step's Lagrange remainder term
-            (zeros for the classical schemes), both shaped like `states`.
-        """
-        if self.method in CLASSICAL:
-            scheme = CLASSICAL[self.method][0]
-        else:
-            scheme = functools.partial(
-                taylor_lagrange_step, order=self.order, correction=self.correction, apply_trust=apply_trust
-            )
-        return scheme(self.derivative, states, times, self.step_size)
 
     def step_starts(self, inputs: tf.Tensor) -> tf.Tensor:
         """The state at which each step of this layer's rollout from `inputs` starts.
@@ -285,13 +198,216 @@ class TaylorLagrangeODE(ODELayer):
         now = self.t_initial + tf.cast(k, state.dtype) * self.step_size
         return tf.fill(tf.stack([tf.shape(state)[0], 1]), now)
 
+
+@keras.saving.register_keras_serializable(package="keras_tlnode")
+class FixedStepODE(StepwiseODE):
+    """Integrates `dx/dt = f_θ(x)` over `[t_initial, t_initial + duration]` in fixed steps of a classical scheme.
+
+    The fixed-grid solvers of torchdiffeq and diffrax (`"euler"`, `"heun"`,
+    `"rk4"`), with the same interface, rollout and export as
+    `TaylorLagrangeODE`, against which they are the natural comparison.
+    Gradients flow through the steps (discretise-then-optimise).
+
+    Args:
+        vector_field: Keras layer or model computing f_θ, output shaped like its
+            input; with `time_dependent=True` called as `vector_field([x, t])`,
+            `t` of shape `(batch, 1)`.
+        method: "euler" (1 f-evaluation per step), "heun" (2) or "rk4" (4).
+        num_steps: number of fixed steps, >= 1.
+        duration: length of the integration interval, finite and > 0
+            (default 1.0).
+        time_dependent: whether f depends on t as well.
+        return_trajectory: return the states at t_initial + 0, Δt, ...,
+            duration on a new axis 1 instead of the final state.
+        t_initial: time at the start of the interval (time-dependent fields).
+        t_final: deprecated name of `duration`.
+        **kwargs: standard `keras.layers.Layer` arguments.
+
+    Example:
+
+    >>> import keras, keras_tlnode
+    >>> ode = keras_tlnode.FixedStepODE(keras.layers.Dense(2), method="rk4", num_steps=4, duration=0.5)
+    >>> inputs = keras.Input((2,))
+    >>> model = keras.Model(inputs, ode(inputs))
+    >>> tuple(model(keras.ops.ones((3, 2))).shape), ode.nfe
+    ((3, 2), 16)
+    """
+
+    def __init__(
+        self,
+        vector_field: keras.layers.Layer,
+        method: str = "rk4",
+        num_steps: int = 1,
+        duration: float | None = None,
+        time_dependent: bool = False,
+        return_trajectory: bool = False,
+        t_initial: float = 0.0,
+        *,
+        t_final: float | None = None,
+        **kwargs,
+    ):
+        super().__init__(
+            vector_field, num_steps, duration, time_dependent, return_trajectory, t_initial, t_final=t_final, **kwargs
+        )
+        self.method = check_choice(method, "method", tuple(CLASSICAL))
+
+    @property
+    def nfe(self) -> int:
+        """Calls of the vector field per call of this layer: `num_steps` times 1, 2 or 4."""
+        return self.num_steps * CLASSICAL[self.method][1]
+
+    def step(self, states: tf.Tensor, times: tf.Tensor | None = None) -> tuple[tf.Tensor, tf.Tensor]:
+        """One step of Δt of the scheme: `(next states, zeros)` (a classical step has no remainder term)."""
+        return CLASSICAL[self.method][0](self.derivative, states, times, self.step_size)
+
+    def get_config(self) -> dict:
+        config = super().get_config()
+        config.update(method=self.method)
+        return config
+
+
+@keras.saving.register_keras_serializable(package="keras_tlnode")
+class TaylorLagrangeODE(StepwiseODE):
+    """Integrates `dx/dt = f_θ(x)` over `[t_initial, t_initial + duration]` in fixed Taylor-Lagrange steps.
+
+    Each of the `num_steps` steps of size Δt = duration / num_steps is
+
+        x_{k+1} = x_k + Σ_{i=1..p} Δt^i/i! · x^(i)(x_k) + Δt^(p+1)/(p+1)! · x^(p+1)(ξ_k)
+
+    with the Taylor coefficients x^(i) from nested forward-mode differentiation
+    (`taylor_coefficients`) and ξ_k = x_k + Δt · Γ_φ(x_k) ⊙ f_θ(x_k) placed by
+    `correction`; with `correction=None`, ξ_k = x_k and the step is the Taylor
+    method of degree p+1. For the classical schemes use `FixedStepODE`.
+
+    f-evaluations per call (`nfe`): `num_steps` times the calls of f per step,
+    p+1 for the uncorrected step and max(p, 1) + p + 1 with a correction. A call
+    inside k nested forward accumulators costs about 2^k plain calls;
+    `examples/benchmark.py` measures the real cost.
+
+    In training mode, `remainder_weight` λ > 0 adds λ · Σ_k mean|R_k| to the
+    model's losses, R_k being the last (remainder) term of step k.
+
+    Args:
+        vector_field: Keras layer or model computing f_θ, output shaped like its
+            input. Its weights become this layer's weights. With
+            `time_dependent=True` it is called as `vector_field([x, t])`, `t` of
+            shape `(batch, 1)`.
+        order: p, the degree of the Taylor polynomial, an int in [0, 6]; the
+            remainder uses the (p+1)-th derivative. Orders above 3 work only for
+            some ops (docs/support.md).
+        num_steps: number of fixed steps, >= 1.
+        duration: length of the integration interval, finite and > 0
+            (default 1.0).
+        correction: `MidpointCorrection` (Γ_φ) or None.
+        remainder_weight: λ >= 0, weight of the remainder penalty.
+        time_dependent: whether f depends on t as well.
+        return_trajectory: return the states at t_initial + 0, Δt, ...,
+            duration on a new axis 1 instead of the final state.
+        method: deprecated; `method="euler" | "heun" | "rk4"` returns the
+            `FixedStepODE` of that scheme, with a `DeprecationWarning`.
+        t_initial: time at the start of the interval (time-dependent fields).
+        t_final: deprecated name of `duration`.
+        **kwargs: standard `keras.layers.Layer` arguments.
+
+    Example:
+
+    >>> import keras, keras_tlnode
+    >>> ode = keras_tlnode.TaylorLagrangeODE(
+    ...     keras.layers.Dense(2), order=1, num_steps=2,
+    ...     correction=keras_tlnode.MidpointCorrection(hidden_units=(16,)))
+    >>> inputs = keras.Input((2,))
+    >>> model = keras.Model(inputs, keras.layers.Dense(1)(ode(inputs)))
+    >>> model.compile("adam", "mse")
+    >>> ode.nfe
+    6
+    """
+
+    def __new__(cls, *args, **kwargs):
+        method = inspect.signature(cls.__init__).bind_partial(None, *args, **kwargs).arguments.get("method")
+        if method not in (None, "taylor_lagrange"):
+            warnings.warn(
+                f"TaylorLagrangeODE(method={method!r}) is deprecated and will be removed in 1.0: "
+                f"use FixedStepODE(vector_field, method={method!r}, ...).",
+                DeprecationWarning,
+                stacklevel=2,
+            )
+            return FixedStepODE(**_classical_arguments(args, kwargs))
+        return super().__new__(cls, *args, **kwargs)
+
+    def __init__(
+        self,
+        vector_field: keras.layers.Layer,
+        order: int = 1,
+        num_steps: int = 1,
+        duration: float | None = None,
+        correction: MidpointCorrection | None = None,
+        remainder_weight: float = 0.0,
+        time_dependent: bool = False,
+        return_trajectory: bool = False,
+        method: str | None = None,
+        t_initial: float = 0.0,
+        *,
+        t_final: float | None = None,
+        **kwargs,
+    ):
+        super().__init__(
+            vector_field, num_steps, duration, time_dependent, return_trajectory, t_initial, t_final=t_final, **kwargs
+        )
+        self.order = check_int(order, "order", 0, MAX_ORDER)
+        self.remainder_weight = check_float(remainder_weight, "remainder_weight", non_negative=True)
+        self.correction = check_instance(correction, "correction", MidpointCorrection, optional=True)
+        if correction is not None and correction.base_value is None:
+            correction.set_base_value(1.0 / (self.order + 2))
+
+    @property
+    def nfe(self) -> int:
+        """Calls of the vector field per call of this layer (see the class docstring)."""
+        return self.num_steps * taylor_lagrange_evaluations(self.order, self.correction is not None)
+
+    def build(self, input_shape: tuple) -> None:
+        super().build(input_shape)
+        if self.correction is not None and not self.correction.built:
+            self.correction.build(input_shape)
+
+    def call(self, inputs: tf.Tensor, training: bool | None = None) -> tf.Tensor:
+        self._check_inputs(inputs)
+        penalise = bool(training) and self.remainder_weight > 0
+        states, remainder = self._rollout(inputs, penalise)
+        penalty = self.remainder_weight * remainder if penalise else None
+        if penalty is not None and penalty.dtype.size < 4:
+            # Under mixed precision Keras sums the losses in float32.
+            penalty = tf.cast(penalty, tf.float32)
+        if penalty is not None:
+            self.add_loss(penalty)
+        record(self, inputs, penalty)
+        return states
+
+    def step(
+        self, states: tf.Tensor, times: tf.Tensor | None = None, apply_trust: bool = True
+    ) -> tuple[tf.Tensor, tf.Tensor]:
+        """One Taylor-Lagrange step of Δt: `(next states, remainder term)`.
+
+        Args:
+            states: `(batch, *state_shape)`, each the start of a step.
+            times: `(batch, 1)` start times for a time-dependent field, else None.
+            apply_trust: False steps with the fitted correction at full strength
+                (`MidpointCorrection.call`), as the correction phase fits it.
+
+        Returns:
+            The states one step later and the step's Lagrange remainder term,
+            both shaped like `states`.
+        """
+        midpoint = None
+        if self.correction is not None:
+            midpoint = functools.partial(self.correction.midpoint, apply_trust=apply_trust)
+        return taylor_lagrange_step(self.derivative, states, times, self.step_size, self.order, midpoint)
+
     def get_config(self) -> dict:
         config = super().get_config()
         config.update(
             order=self.order,
             correction=keras.saving.serialize_keras_object(self.correction),
             remainder_weight=self.remainder_weight,
-            method=self.method,
         )
         return config
 
@@ -302,52 +418,25 @@ class TaylorLagrangeODE(ODELayer):
         return super().from_config(config)
 
 
-_RECORDING = threading.local()
+def _classical_arguments(args: tuple, kwargs: dict) -> dict:
+    """`FixedStepODE` arguments for a deprecated `TaylorLagrangeODE(method=...)` call.
 
-
-class RecordedCalls(NamedTuple):
-    """What the TaylorLagrangeODE layers did inside a `recorded_calls()` block.
-
-    `inputs` maps each layer to the inputs of each of its calls (a shared layer
-    has several); `penalties` holds each call's remainder penalty that went into
-    the loss, and nothing else (not the weights' regularisers).
+    The Taylor-Lagrange arguments must keep their defaults: a classical step
+    has no order, correction or remainder, and none is accepted to be ignored.
     """
-
-    inputs: dict[TaylorLagrangeODE, list[tf.Tensor]]
-    penalties: list[tf.Tensor]
-    graph: object  # the graph the block runs in; calls traced in other graphs are not recorded
-
-
-@contextlib.contextmanager
-def recorded_calls() -> Iterator[RecordedCalls]:
-    """Collects what every TaylorLagrangeODE layer receives and adds to the loss inside the block.
-
-    `TLNODEModel.train_step` uses it to fit each layer's correction on the
-    states that layer actually saw, and to log the remainder penalty.
-    Thread-local, because tf.distribute traces each replica in its own thread.
-    """
-    stack = _RECORDING.__dict__.setdefault("stack", [])
-    stack.append(RecordedCalls({}, [], tf.compat.v1.get_default_graph()))
-    try:
-        yield stack[-1]
-    finally:
-        stack.pop()
+    bound = inspect.signature(TaylorLagrangeODE.__init__).bind(None, *args, **kwargs).arguments
+    bound.pop("self")
+    for name, default in (("order", 1), ("correction", None), ("remainder_weight", 0.0)):
+        if name in bound and bound.pop(name) != default:
+            raise ValueError(f"`{name}` does not apply to method={bound['method']!r}; leave it at its default.")
+    bound.update(bound.pop("kwargs", {}))
+    return bound
 
 
-def _record(layer: TaylorLagrangeODE, inputs: tf.Tensor, penalty: tf.Tensor | None) -> None:
-    stack = getattr(_RECORDING, "stack", None)
-    # Keras builds a subclassed model by calling it once in a scratch graph
-    # inside the same step; those tensors cannot be used in the step's graph.
-    if stack and (tf.executing_eagerly() or tf.compat.v1.get_default_graph() is stack[-1].graph):
-        stack[-1].inputs.setdefault(layer, []).append(inputs)
-        if penalty is not None:
-            stack[-1].penalties.append(penalty)
+_TRACED: "weakref.WeakKeyDictionary[StepwiseODE, Callable]" = weakref.WeakKeyDictionary()
 
 
-_TRACED: "weakref.WeakKeyDictionary[TaylorLagrangeODE, Callable]" = weakref.WeakKeyDictionary()
-
-
-def _traced_integrate(layer: TaylorLagrangeODE) -> Callable[[tf.Tensor, bool], tuple[tf.Tensor, tf.Tensor]]:
+def _traced_integrate(layer: StepwiseODE) -> Callable[[tf.Tensor, bool], tuple[tf.Tensor, tf.Tensor]]:
     """`layer._integrate` as a tf.function, cached per layer, for eager calls.
 
     Each Taylor pass is a function call of its own (see `taylor_coefficients`);
@@ -357,34 +446,12 @@ def _traced_integrate(layer: TaylorLagrangeODE) -> Callable[[tf.Tensor, bool], t
     """
     if layer not in _TRACED:
         owner = weakref.ref(layer)
-        _TRACED[layer] = tf.function(lambda x, penalise: owner()._integrate(x, penalise), autograph=False, reduce_retracing=True)
+        _TRACED[layer] = tf.function(
+            lambda x, penalise: owner()._integrate(x, penalise), autograph=False, reduce_retracing=True
+        )
     return _TRACED[layer]
 
 
-def finite_float(value: object, name: str, positive: bool = False, non_negative: bool = False) -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
-        raise ValueError(f"`{name}` must be a finite number, got {value!r}.")
-    if positive and value <= 0:
-        raise ValueError(f"`{name}` must be > 0, got {value!r}.")
-    if non_negative and value < 0:
-        raise ValueError(f"`{name}` must be >= 0, got {value!r}.")
-    return float(value)
-
-
-def _bool(value: object, name: str) -> bool:
-    if not isinstance(value, bool):
-        raise TypeError(f"`{name}` must be a bool, got {value!r} ({type(value).__name__}).")
-    return value
-
-
-def _check_field_shape(produced: tuple, state_shape: tuple) -> None:
-    if produced != state_shape:
-        raise ValueError(
-            f"`vector_field` must return a tensor shaped like its input state {state_shape} "
-            f"(per sample), got {produced}."
-        )
-
-
-def tl_layers(model: keras.layers.Layer) -> list[TaylorLagrangeODE]:
-    """Every TaylorLagrangeODE inside `model`, however deeply nested, once each."""
-    return [layer for layer in model._flatten_layers(include_self=False, recursive=True) if isinstance(layer, TaylorLagrangeODE)]
+def layers_of(model: keras.layers.Layer, cls: type[L]) -> list[L]:
+    """Every layer of class `cls` inside `model`, however deeply nested, once each."""
+    return [layer for layer in model._flatten_layers(include_self=False, recursive=True) if isinstance(layer, cls)]

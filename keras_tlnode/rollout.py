@@ -22,7 +22,7 @@ def rollout(
         x0: initial states, `(batch, ...)`.
         num_steps: number of steps, >= 1.
         return_trajectory: return all states `(batch, num_steps + 1, ...)`
-            (t = 0, Δt, ..., t_final) instead of the final state `(batch, ...)`.
+            (after 0, 1, ..., num_steps steps) instead of the final state `(batch, ...)`.
         sum_remainders: accumulate the remainder penalty; only training needs
             it, so inference and export graphs leave it out.
 

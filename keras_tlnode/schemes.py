@@ -12,10 +12,11 @@ from typing import Callable
 
 import tensorflow as tf
 
-from keras_tlnode.correction import MidpointCorrection
 from keras_tlnode.taylor import taylor_coefficients
 
 Field = Callable[..., tf.Tensor]
+# midpoint(x, f(x), Δt) -> (ξ, θ̄): the mean-value point and the mean fraction of the step it takes.
+Midpoint = Callable[[tf.Tensor, tf.Tensor, float], tuple[tf.Tensor, tf.Tensor]]
 Step = Callable[[Field, tf.Tensor, "tf.Tensor | None", float], tuple[tf.Tensor, tf.Tensor]]
 
 
@@ -25,21 +26,22 @@ def taylor_lagrange_step(
     t: tf.Tensor | None,
     dt: float,
     order: int,
-    correction: MidpointCorrection | None,
-    apply_trust: bool = True,
+    midpoint: Midpoint | None = None,
 ) -> tuple[tf.Tensor, tf.Tensor]:
     """x + Σ_{i=1..p} Δt^i/i! · x^(i)(x) + Δt^(p+1)/(p+1)! · x^(p+1)(ξ).
 
-    With `correction=None`, ξ = x (the Taylor method of degree p+1); otherwise
-    ξ = x + Δt · Γ_φ(x) ⊙ f(x), at time t + θ̄ Δt (see `MidpointCorrection.midpoint`).
+    With `midpoint=None`, ξ = x (the Taylor method of degree p+1); otherwise
+    ξ and θ̄ come from `midpoint(x, f(x), Δt)` (e.g. `MidpointCorrection.midpoint`,
+    ξ = x + Δt · Γ_φ(x) ⊙ f(x)), and a time-dependent field is evaluated at
+    t + θ̄ Δt there.
     """
-    if correction is None:
+    if midpoint is None:
         coefficients = taylor_coefficients(field, x, order, t)
         lower, top = coefficients[:order], coefficients[order]
     else:
         # Orders 0..p-1 at x; entry 0 is f(x), which also places ξ.
         lower = taylor_coefficients(field, x, max(order - 1, 0), t)
-        xi, fraction = correction.midpoint(x, lower[0], dt, apply_trust=apply_trust)
+        xi, fraction = midpoint(x, lower[0], dt)
         t_xi = None if t is None else t + fraction * dt
         top = taylor_coefficients(field, xi, order, t_xi)[order]
         lower = lower[:order]

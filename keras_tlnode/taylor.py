@@ -14,7 +14,6 @@ differentiated too, so one nested pass of depth `order` yields all of
 from __future__ import annotations
 
 import contextlib
-import numbers
 import os
 import traceback
 from typing import Callable
@@ -22,10 +21,12 @@ from typing import Callable
 import keras
 import tensorflow as tf
 
+from keras_tlnode.validation import check_int
+
 MAX_ORDER = 6
 # Nested forward mode holds for every TensorFlow op up to this depth (measured
-# on TF 2.21); deeper nests fail inside TensorFlow for some ops (README, "Support
-# matrix"), and are reported as NotImplementedError rather than raw errors.
+# on TF 2.21); deeper nests fail inside TensorFlow for some ops (docs/support.md,
+# "Support matrix"), and are reported as NotImplementedError rather than raw errors.
 GUARANTEED_ORDER = 3
 
 # Errors TensorFlow's nested JVP machinery raises at depth 4-6 for ops such as
@@ -34,15 +35,6 @@ GUARANTEED_ORDER = 3
 _NESTED_FORWARD_ERRORS = (ValueError, TypeError, IndexError, SystemError, tf.errors.OpError)
 
 VectorField = Callable[..., tf.Tensor]
-
-
-def validate_order(order: object, name: str = "order") -> int:
-    """Returns `order` if it is an int in [0, MAX_ORDER], else raises."""
-    if isinstance(order, bool) or not isinstance(order, numbers.Integral):
-        raise TypeError(f"`{name}` must be an int in [0, {MAX_ORDER}], got {order!r} ({type(order).__name__}).")
-    if not 0 <= order <= MAX_ORDER:
-        raise ValueError(f"`{name}` must be an int in [0, {MAX_ORDER}], got {order}.")
-    return int(order)
 
 
 def taylor_coefficients(
@@ -70,7 +62,7 @@ def taylor_coefficients(
             and raise `NotImplementedError` naming the failing line otherwise.
         t: optional time tensor, for non-autonomous fields `dx/dt = fn(x, t)`.
             It advances at unit rate (dt/dt = 1) and is broadcast by `fn` itself
-            (broadcasting ops limit the order to 3, see the README).
+            (broadcasting ops limit the order to 3, see docs/support.md).
 
     Returns:
         A tensor of shape `(order + 1, *x.shape)`.
@@ -82,7 +74,7 @@ def taylor_coefficients(
     >>> c.shape
     TensorShape([3, 1, 2])
     """
-    order = validate_order(order)
+    order = check_int(order, "order", 0, MAX_ORDER)
     x = tf.convert_to_tensor(x)
     if not x.dtype.is_floating:
         raise TypeError(f"`x` must have a floating dtype, got {x.dtype.name}.")
@@ -136,7 +128,7 @@ def _unsupported_message(order: int, depth: int, error: Exception) -> str:
         f"taylor_coefficients(order={order}): TensorFlow's nested forward mode fails at depth {depth} "
         f"for an op of the vector field{where}: {type(error).__name__}: {error}. Orders 0-{GUARANTEED_ORDER} "
         "work for every op; at higher orders rewrite that op (e.g. `x * x` instead of `x**2`, a matmul "
-        "with a one-hot matrix instead of `tf.gather`) or lower `order` (README, 'Support matrix')."
+        "with a one-hot matrix instead of `tf.gather`) or lower `order` (keras_tlnode docs/support.md, 'Support matrix')."
     )
 
 

@@ -7,23 +7,15 @@ The teacher is only on the training path, never in inference or export.
 
 from __future__ import annotations
 
-from typing import Callable, NamedTuple
+from typing import Callable
 
 import tensorflow as tf
 import tensorflow_probability as tfp
 
-from keras_tlnode.adaptive import EvaluationBudget, dormand_prince
-from keras_tlnode.layers import finite_float
+from keras_tlnode.adaptive import EvaluationBudget, Solution, dormand_prince
+from keras_tlnode.validation import check_bool, check_float, check_int
 
 Field = Callable[..., tf.Tensor]
-
-
-class TeacherSolution(NamedTuple):
-    """A teacher solve: `states` at t + Δt, `nfe` its f-evaluations, `ok` whether to trust it."""
-
-    states: tf.Tensor
-    nfe: tf.Tensor
-    ok: tf.Tensor
 
 
 class DormandPrinceTeacher:
@@ -39,7 +31,7 @@ class DormandPrinceTeacher:
     that creates the default one) inside the strategy's scope.
 
     The default tolerance, 1e-6, puts the targets' error orders of magnitude
-    below what the correction reaches (README, "The correction"), at about half
+    below what the correction reaches (docs/results.md, "The correction"), at about half
     the cost of 1e-8. With `jit_compile=True` (default) the solve is compiled by
     XLA, which makes it 3-5x cheaper on CPU than graph mode; pass
     `jit_compile=False` for a vector field with ops that XLA cannot compile.
@@ -67,29 +59,25 @@ class DormandPrinceTeacher:
         dtype: str = "float64",
         jit_compile: bool = True,
     ):
-        if isinstance(max_num_steps, bool) or not isinstance(max_num_steps, int) or max_num_steps < 1:
-            raise ValueError(f"`max_num_steps` must be an int >= 1, got {max_num_steps!r}.")
-        self.rtol = finite_float(rtol, "rtol", positive=True)
-        self.atol = finite_float(atol, "atol", positive=True)
-        self.max_num_steps = max_num_steps
-        # One evaluation before the first step, then one per stage but the first.
-        self._budget = EvaluationBudget(1 + max_num_steps * tfp.math.ode.DormandPrince.ODE_FN_EVALS_PER_STEP)
-        self.strategy = tf.distribute.get_strategy()
+        self.rtol = check_float(rtol, "rtol", positive=True)
+        self.atol = check_float(atol, "atol", positive=True)
+        self.max_num_steps = check_int(max_num_steps, "max_num_steps")
         if not tf.as_dtype(dtype).is_floating:
             raise ValueError(f"`dtype` must be a floating dtype, got {dtype!r}.")
         self.dtype = tf.as_dtype(dtype)
-        if not isinstance(jit_compile, bool):
-            raise TypeError(f"`jit_compile` must be a bool, got {jit_compile!r} ({type(jit_compile).__name__}).")
-        self.jit_compile = jit_compile
+        self.jit_compile = check_bool(jit_compile, "jit_compile")
+        # One evaluation before the first step, then one per stage but the first.
+        self._budget = EvaluationBudget(1 + self.max_num_steps * tfp.math.ode.DormandPrince.ODE_FN_EVALS_PER_STEP)
+        self.strategy = tf.distribute.get_strategy()
 
-    def solve(self, field: Field, x: tf.Tensor, dt: float, t: tf.Tensor | None = None) -> TeacherSolution:
+    def solve(self, field: Field, x: tf.Tensor, dt: float, t: tf.Tensor | None = None) -> Solution:
         """The solution at Δt = `dt` from the states `x` (at times `t`, `(batch, 1)`, if given).
 
         The whole batch is one system for the solver, so its steps follow the
         stiffest sample; `nfe` counts the calls of `field` on that batch.
         """
 
-        def run(x: tf.Tensor, t: tf.Tensor | None) -> TeacherSolution:
+        def run(x: tf.Tensor, t: tf.Tensor | None) -> Solution:
             def shifted(y: tf.Tensor, elapsed: tf.Tensor) -> tf.Tensor:
                 return field(y) if t is None else field(y, t + elapsed)
 
@@ -97,7 +85,7 @@ class DormandPrinceTeacher:
             # Stopped inside the function too: a recording tape would otherwise
             # build the compiled call's backward pass, tfp's adjoint solve.
             states = tf.stop_gradient(solution.states[-1])
-            return TeacherSolution(states, solution.nfe, solution.ok)
+            return Solution(states, solution.nfe, solution.ok)
 
         if self.jit_compile:
             run = tf.function(run, jit_compile=True, autograph=False)

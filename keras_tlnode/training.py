@@ -17,9 +17,11 @@ import tensorflow as tf
 # Functional is not exported by Keras; it is the class keras.Model(inputs, outputs) builds.
 from keras.src.models.functional import Functional
 
-from keras_tlnode.layers import TaylorLagrangeODE, recorded_calls, tl_layers
+from keras_tlnode.layers import TaylorLagrangeODE, layers_of
+from keras_tlnode.recording import recorded_calls
 from keras_tlnode.rollout import rollout
 from keras_tlnode.teacher import DormandPrinceTeacher
+from keras_tlnode.validation import check_instance, check_int, check_optional_int
 
 # Measured on the known stiff system (eigenvalues -1000, -1; Δt = 0.002; 100 correction
 # steps): Adam at 1e-4, 1e-3, 1e-2, 3e-2 made the step 5x, 370x, 3800x, 370000x more
@@ -30,7 +32,7 @@ DEFAULT_CORRECTION_LEARNING_RATE = 1e-2
 # update per solve every 10 steps 9.4e-3, 4 per solve 1.3e-3, 8 per solve 5.3e-4,
 # 4 per solve every 5 steps 4.3e-4. Solving from 64 sampled states instead of all
 # 256 changed nothing measurable (1.3e-3 vs 1.2e-3) and makes the teacher's cost
-# independent of the batch size (README, "The correction").
+# independent of the batch size (docs/results.md, "The correction").
 DEFAULT_CORRECTION_EVERY = 5
 DEFAULT_CORRECTION_STEPS = 4
 DEFAULT_TEACHER_SAMPLES = 64
@@ -67,7 +69,7 @@ class TLNODEModel(keras.Model):
     >>> import keras, keras_tlnode
     >>> inputs = keras.Input((2,))
     >>> ode = keras_tlnode.TaylorLagrangeODE(
-    ...     keras.layers.Dense(2), t_final=0.1, remainder_weight=1e-2,
+    ...     keras.layers.Dense(2), duration=0.1, remainder_weight=1e-2,
     ...     correction=keras_tlnode.MidpointCorrection(hidden_units=(8,)))
     >>> model = keras_tlnode.TLNODEModel(inputs, ode(inputs))
     >>> model.compile(optimizer="adam", loss="mse", correction_every=5)
@@ -108,16 +110,10 @@ class TLNODEModel(keras.Model):
             teacher: the reference solver; default `DormandPrinceTeacher()`
                 (rtol = atol = 1e-6, float64, XLA).
         """
-        if isinstance(correction_every, bool) or not isinstance(correction_every, int) or correction_every < 1:
-            raise ValueError(f"`correction_every` must be an int >= 1, got {correction_every!r}.")
-        if isinstance(correction_steps, bool) or not isinstance(correction_steps, int) or correction_steps < 1:
-            raise ValueError(f"`correction_steps` must be an int >= 1, got {correction_steps!r}.")
-        if teacher_samples is not None and (
-            isinstance(teacher_samples, bool) or not isinstance(teacher_samples, int) or teacher_samples < 1
-        ):
-            raise ValueError(f"`teacher_samples` must be an int >= 1 or None, got {teacher_samples!r}.")
-        if teacher is not None and not isinstance(teacher, DormandPrinceTeacher):
-            raise TypeError(f"`teacher` must be a DormandPrinceTeacher or None, got {type(teacher).__name__}.")
+        correction_every = check_int(correction_every, "correction_every")
+        correction_steps = check_int(correction_steps, "correction_steps")
+        teacher_samples = check_optional_int(teacher_samples, "teacher_samples")
+        check_instance(teacher, "teacher", DormandPrinceTeacher, optional=True)
         if teacher is None:
             with self.distribute_strategy.scope():
                 teacher = DormandPrinceTeacher()
@@ -176,7 +172,7 @@ class TLNODEModel(keras.Model):
     def train_step(self, data):
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
         y_pred, calls = self._dynamics_step(x, y, sample_weight)
-        corrected = [layer for layer in tl_layers(self) if layer.correction is not None and layer in calls.inputs]
+        corrected = [layer for layer in layers_of(self, TaylorLagrangeODE) if layer.correction is not None and layer in calls.inputs]
         if corrected:
             self._tl_metrics["trust"].update_state(tf.add_n([_trust(layer) for layer in corrected]) / len(corrected))
             if _correction_variables(corrected):
@@ -196,7 +192,7 @@ class TLNODEModel(keras.Model):
             # A LossScaleOptimizer (mixed precision) unscales the gradients it gets.
             scaled_loss = self.optimizer.scale_loss(loss)
         # Listed after the call, which creates a subclassed model's weights.
-        ode_layers = tl_layers(self)
+        ode_layers = layers_of(self, TaylorLagrangeODE)
         fitted = {id(v) for v in _correction_variables(ode_layers)}
         # The dynamics include each correction's trust, which the data fit.
         dynamics_variables = [v for v in self.trainable_variables if id(v) not in fitted]
@@ -229,7 +225,7 @@ class TLNODEModel(keras.Model):
         with tf.init_scope():
             if not self.optimizer.built:
                 self.optimizer.build(self.trainable_variables)
-            correction_variables = _correction_variables(tl_layers(self))
+            correction_variables = _correction_variables(layers_of(self, TaylorLagrangeODE))
             if correction_variables and not self.correction_optimizer.built:
                 self.correction_optimizer.build(correction_variables)
 
@@ -404,7 +400,7 @@ class _CorrectionProblem(NamedTuple):
         """Mean squared gap between the layer's step from `states`, at full correction, and `target`."""
         # One step, but through the rollout's while loop: outside a loop, XLA's
         # constant analysis of the nested JVPs turns the inputs and weights into
-        # compile-time constants and recompiles on every step (README, XLA).
+        # compile-time constants and recompiles on every step (docs/support.md, "Limitations").
         prediction, _ = rollout(
             lambda s, k: self.layer.step(s, self.times, apply_trust=False), self.states, 1, return_trajectory=False
         )

@@ -121,7 +121,7 @@ def test_network_of_wrong_size_is_rejected(mode, n_out):
     [
         (dict(mode="diagonal"), ValueError, "mode"),
         (dict(hidden_units=(0,)), ValueError, "hidden_units"),
-        (dict(hidden_units=(2.5,)), ValueError, "hidden_units"),
+        (dict(hidden_units=(2.5,)), TypeError, "hidden_units"),
         (dict(network="mlp"), TypeError, "network"),
         (dict(base_value=float("nan")), ValueError, "base_value"),
         (dict(base_value=1.5, bounded=True), ValueError, "base_value"),

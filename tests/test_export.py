@@ -48,7 +48,7 @@ class SubclassedTLNODE(kt.TLNODEModel):
     def __init__(self, **kwargs):
         super().__init__(**kwargs)
         self.ode = kt.TaylorLagrangeODE(
-            field(), order=2, num_steps=2, t_final=0.2, correction=kt.MidpointCorrection(hidden_units=(4,))
+            field(), order=2, num_steps=2, duration=0.2, correction=kt.MidpointCorrection(hidden_units=(4,))
         )
         self.head = keras.layers.Dense(STATE)
 
@@ -66,16 +66,16 @@ def ode(order=1, correction="vector", trajectory=False, method="taylor_lagrange"
         "vector": lambda: kt.MidpointCorrection(hidden_units=(4,)),
         "matrix": lambda: kt.MidpointCorrection(mode="matrix", hidden_units=(4,), use_step_size=True),
     }
+    common = dict(num_steps=steps, duration=0.2, return_trajectory=trajectory, **kwargs)
+    vector_field = common.pop("vector_field", None) or field()
+    if method != "taylor_lagrange":
+        return kt.FixedStepODE(vector_field, method=method, **common)
     return kt.TaylorLagrangeODE(
-        kwargs.pop("vector_field", None) or field(),
+        vector_field,
         order=order,
-        num_steps=steps,
-        t_final=0.2,
         correction=corrections[correction]() if correction else None,
-        return_trajectory=trajectory,
-        method=method,
         remainder_weight=1e-2,
-        **kwargs,
+        **common,
     )
 
 
@@ -145,14 +145,19 @@ def randomize(model: keras.Model, seed: int) -> None:
 
 
 def trajectory_reference(model: keras.Model, x: np.ndarray) -> np.ndarray:
-    """The trajectory of the model's TL layer from what feeds it, by an independent twin layer."""
-    (layer,) = [l for l in model._flatten_layers(include_self=False) if isinstance(l, kt.TaylorLagrangeODE)]
+    """The trajectory of the model's ODE layer from what feeds it, by an independent twin layer."""
+    (layer,) = [
+        l for l in model._flatten_layers(include_self=False) if isinstance(l, (kt.TaylorLagrangeODE, kt.FixedStepODE))
+    ]
     feed = keras.Model(model.input, layer.input) if not isinstance(model, keras.Sequential) else (lambda v: v)
-    twin = kt.TaylorLagrangeODE(
-        layer.vector_field, order=layer.order, num_steps=layer.num_steps, t_final=layer.t_final,
-        correction=layer.correction, time_dependent=layer.time_dependent, method=layer.method,
+    common = dict(
+        num_steps=layer.num_steps, duration=layer.duration, time_dependent=layer.time_dependent,
         t_initial=layer.t_initial, return_trajectory=True,
     )
+    if isinstance(layer, kt.FixedStepODE):
+        twin = kt.FixedStepODE(layer.vector_field, method=layer.method, **common)
+    else:
+        twin = kt.TaylorLagrangeODE(layer.vector_field, order=layer.order, correction=layer.correction, **common)
     states = np.asarray(feed(x))
     trajectory = twin(states).numpy()
     np.testing.assert_allclose(trajectory[:, 0], states, atol=0)

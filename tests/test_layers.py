@@ -43,7 +43,7 @@ LAYER_CASES = {
         (2,),
         (4, 2),
     ),
-    "rk4": (lambda: kt.TaylorLagrangeODE(mlp_field(), method="rk4", num_steps=2), (2,), (2,)),
+    "rk4": (lambda: kt.FixedStepODE(mlp_field(), method="rk4", num_steps=2), (2,), (2,)),
     "time_dependent": (
         lambda: kt.TaylorLagrangeODE(TimeField(), time_dependent=True, correction=kt.MidpointCorrection()),
         (3,),
@@ -102,7 +102,7 @@ def test_remainder_penalty_is_added_in_training_only():
     a = np.array([[-1.0, 2.0], [0.0, -3.0]])
     order, num_steps, dt, weight = 1, 3, 0.1, 0.7
     layer = kt.TaylorLagrangeODE(
-        Linear(a, dtype="float64"), order=order, num_steps=num_steps, t_final=num_steps * dt, remainder_weight=weight, dtype="float64"
+        Linear(a, dtype="float64"), order=order, num_steps=num_steps, duration=num_steps * dt, remainder_weight=weight, dtype="float64"
     )
     x0 = np.array([[0.5, -1.0], [2.0, 0.3]])
     layer(x0, training=False)
@@ -140,7 +140,8 @@ def test_nfe_counts_vector_field_calls(kwargs, nfe):
     kwargs = dict(kwargs)
     if kwargs.pop("correction", False):
         kwargs["correction"] = kt.MidpointCorrection(hidden_units=(2,))
-    layer = kt.TaylorLagrangeODE(Counting(), **kwargs)
+    layer_class = kt.FixedStepODE if "method" in kwargs else kt.TaylorLagrangeODE
+    layer = layer_class(Counting(), **kwargs)
     layer.build((None, 2))
     x = tf.ones((3, 2))
     calls.clear()
@@ -207,14 +208,16 @@ class WrongShape(keras.layers.Layer):
         (dict(order=7), ValueError, "order"),
         (dict(order=-1), ValueError, "order"),
         (dict(num_steps=0), ValueError, "num_steps"),
-        (dict(num_steps=2.0), ValueError, "num_steps"),
-        (dict(t_final=0.0), ValueError, "t_final"),
-        (dict(t_final=-1.0), ValueError, "t_final"),
-        (dict(t_final=float("nan")), ValueError, "t_final"),
-        (dict(t_final=float("inf")), ValueError, "t_final"),
+        (dict(num_steps=2.0), TypeError, "num_steps"),
+        (dict(duration="1"), TypeError, "duration"),
+        (dict(duration=0.0), ValueError, "duration"),
+        (dict(duration=-1.0), ValueError, "duration"),
+        (dict(duration=float("nan")), ValueError, "duration"),
+        (dict(duration=float("inf")), ValueError, "duration"),
         (dict(remainder_weight=-0.1), ValueError, "remainder_weight"),
-        (dict(method="dopri5"), ValueError, "method"),
         (dict(method="rk4", correction=kt.MidpointCorrection()), ValueError, "correction"),
+        (dict(method="rk4", order=2), ValueError, "order"),
+        (dict(duration=1.0, t_final=1.0), ValueError, "duration"),
         (dict(correction="midpoint"), TypeError, "correction"),
     ],
 )
@@ -241,3 +244,36 @@ def test_integer_inputs_are_rejected():
         layer(keras.Input((2,), dtype="int32"))
     with pytest.raises(TypeError, match="inputs"):
         layer(tf.ones((2, 2), dtype=tf.int32))
+
+
+def test_fixed_step_ode_rejects_taylor_methods():
+    with pytest.raises(ValueError, match="method"):
+        kt.FixedStepODE(keras.layers.Dense(2), method="taylor_lagrange")
+    with pytest.raises(TypeError, match="method"):
+        kt.FixedStepODE(keras.layers.Dense(2), method=4)
+
+
+def test_deprecated_spellings_still_work_and_warn():
+    field = keras.layers.Dense(2)
+    with pytest.warns(DeprecationWarning, match="FixedStepODE"):
+        classical = kt.TaylorLagrangeODE(field, method="rk4", num_steps=2, t_final=0.5)
+    assert type(classical) is kt.FixedStepODE
+    assert (classical.method, classical.num_steps, classical.duration) == ("rk4", 2, 0.5)
+    with pytest.warns(DeprecationWarning, match="duration"):
+        layer = kt.TaylorLagrangeODE(field, t_final=0.25, t_initial=1.0)
+    assert layer.duration == 0.25
+    with pytest.warns(DeprecationWarning, match="duration"):
+        assert layer.t_final == 0.25
+
+
+def test_configs_saved_by_0_1_load_with_the_new_names():
+    # A 0.1 config: `t_final`, and the classical schemes inside TaylorLagrangeODE.
+    old = {"vector_field": keras.saving.serialize_keras_object(keras.layers.Dense(2)), "order": 1,
+           "num_steps": 2, "t_final": 0.5, "correction": None, "remainder_weight": 0.0,
+           "time_dependent": False, "return_trajectory": False, "method": "rk4", "t_initial": 0.0}
+    with pytest.warns(DeprecationWarning, match="FixedStepODE"):
+        classical = kt.TaylorLagrangeODE.from_config(old)
+    assert type(classical) is kt.FixedStepODE and classical.duration == 0.5
+    layer = kt.TaylorLagrangeODE.from_config({**old, "method": "taylor_lagrange"})
+    assert type(layer) is kt.TaylorLagrangeODE and layer.duration == 0.5
+    assert "t_final" not in layer.get_config() and "method" not in layer.get_config()

@@ -11,6 +11,7 @@ def test_public_api_is_exactly_the_documented_names():
     assert sorted(keras_tlnode.__all__) == [
         "DormandPrinceODE",
         "DormandPrinceTeacher",
+        "FixedStepODE",
         "MidpointCorrection",
         "TLNODEModel",
         "TaylorLagrangeODE",

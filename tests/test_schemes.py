@@ -51,11 +51,11 @@ X0 = np.array([[0.3, -0.2], [1.0, 0.5], [-0.7, 0.1]])
 
 @pytest.mark.parametrize("order", [0, 1, 2, 3])
 def test_uncorrected_step_is_taylor_polynomial_of_expm(order):
-    num_steps, t_final = 7, 0.7
+    num_steps, duration = 7, 0.7
     layer = kt.TaylorLagrangeODE(
-        LinearField(A, dtype="float64"), order=order, num_steps=num_steps, t_final=t_final, dtype="float64"
+        LinearField(A, dtype="float64"), order=order, num_steps=num_steps, duration=duration, dtype="float64"
     )
-    step = taylor_matrix(A, t_final / num_steps, order + 1)
+    step = taylor_matrix(A, duration / num_steps, order + 1)
     expected = X0 @ np.linalg.matrix_power(step, num_steps).T
     np.testing.assert_allclose(solve(layer, X0), expected, rtol=1e-12, atol=1e-14)
 
@@ -64,7 +64,7 @@ def test_uncorrected_step_is_taylor_polynomial_of_expm(order):
 def test_classical_schemes_on_linear_field_are_taylor_polynomials(method, degree):
     # On an autonomous linear field, an explicit RK method of order q with q stages
     # (q <= 4) is exactly the degree-q Taylor polynomial of expm(A Δt).
-    layer = kt.TaylorLagrangeODE(LinearField(A, dtype="float64"), method=method, num_steps=5, dtype="float64")
+    layer = kt.FixedStepODE(LinearField(A, dtype="float64"), method=method, num_steps=5, dtype="float64")
     expected = X0 @ np.linalg.matrix_power(taylor_matrix(A, 0.2, degree), 5).T
     np.testing.assert_allclose(solve(layer, X0), expected, rtol=1e-12, atol=1e-14)
 
@@ -102,13 +102,13 @@ def test_classical_convergence_orders(method, order):
     x0 = np.array([[0.8, -1.2]])
 
     def make(n):
-        return kt.TaylorLagrangeODE(CubicDecay(dtype="float64"), method=method, num_steps=n, dtype="float64")
+        return kt.FixedStepODE(CubicDecay(dtype="float64"), method=method, num_steps=n, dtype="float64")
 
     assert convergence_slope(make, x0, [32, 64, 128, 256]) == pytest.approx(order, abs=0.25)
 
 
 def test_hundred_steps_match_closed_form():
-    layer = kt.TaylorLagrangeODE(CubicDecay(dtype="float64"), order=3, num_steps=100, t_final=2.0, dtype="float64")
+    layer = kt.TaylorLagrangeODE(CubicDecay(dtype="float64"), order=3, num_steps=100, duration=2.0, dtype="float64")
     np.testing.assert_allclose(solve(layer, X0), cubic_solution(X0, 2.0), rtol=1e-7)
 
 
@@ -136,18 +136,18 @@ class TimeScaled(keras.layers.Layer):
 
 @pytest.mark.parametrize("correction", [False, True])
 def test_time_dependent_field_matches_closed_form(correction):
-    t0, t_final = 0.5, 1.0
+    t0, duration = 0.5, 1.0
     layer = kt.TaylorLagrangeODE(
         TimeScaled(dtype="float64"),
         order=2,
         num_steps=40,
-        t_final=t_final,
+        duration=duration,
         t_initial=t0,
         time_dependent=True,
         correction=kt.MidpointCorrection(hidden_units=(4,), dtype="float64") if correction else None,
         dtype="float64",
     )
-    t1 = t0 + t_final
+    t1 = t0 + duration
     expected = X0 * np.exp((t1**2 - t0**2) / 2)
     np.testing.assert_allclose(solve(layer, X0), expected, rtol=1e-4)
 

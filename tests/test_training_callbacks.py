@@ -1,7 +1,7 @@
 """TLNODEModel with Keras's training callbacks, input pipelines and steps_per_execution.
 
 Every test trains the same tiny model: a 2-state linear ODE (f_θ = Dense(2)),
-one Taylor-Lagrange step of order 1 over t_final = 0.05 with a small
+one Taylor-Lagrange step of order 1 over duration = 0.05 with a small
 MidpointCorrection, on 64 samples of the exact flow of a stable linear system.
 With batch 16 an epoch is 4 steps, and with `correction_every=2` 2 of them also
 run the correction phase (on main-optimizer iterations 2 and 4), each with
@@ -65,7 +65,7 @@ def _model(seed: int = 0, steps_per_execution: int = 1) -> kt.TLNODEModel:
     ode = kt.TaylorLagrangeODE(
         keras.layers.Dense(2),
         order=1,
-        t_final=T_FINAL,
+        duration=T_FINAL,
         correction=kt.MidpointCorrection(hidden_units=(4,)),
         remainder_weight=1e-2,
     )

@@ -21,7 +21,7 @@ def spiral_pairs(n: int = 64, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
 def tl_model(remainder_weight: float = 1e-2, field: keras.layers.Layer | None = None, **compile_kwargs):
     keras.utils.set_random_seed(0)
     ode = kt.TaylorLagrangeODE(
-        field or keras.layers.Dense(2), t_final=DT, remainder_weight=remainder_weight,
+        field or keras.layers.Dense(2), duration=DT, remainder_weight=remainder_weight,
         correction=kt.MidpointCorrection(hidden_units=(4,)),
     )
     inputs = keras.Input((2,))
@@ -56,7 +56,7 @@ def test_mixed_precision_trains_like_float32(mixed_precision):
 
 def plain_model() -> keras.Model:
     keras.utils.set_random_seed(0)
-    ode = kt.TaylorLagrangeODE(keras.layers.Dense(2), t_final=DT, remainder_weight=1e-2,
+    ode = kt.TaylorLagrangeODE(keras.layers.Dense(2), duration=DT, remainder_weight=1e-2,
                                correction=kt.MidpointCorrection(hidden_units=(4,)))
     inputs = keras.Input((2,))
     model = keras.Model(inputs, ode(inputs))
@@ -96,7 +96,7 @@ def test_a_shared_layer_is_corrected_on_the_inputs_of_all_its_calls():
             return super().solve(field, x, dt, t)
 
     keras.utils.set_random_seed(0)
-    ode = kt.TaylorLagrangeODE(keras.layers.Dense(2), t_final=DT, correction=kt.MidpointCorrection(hidden_units=(4,)))
+    ode = kt.TaylorLagrangeODE(keras.layers.Dense(2), duration=DT, correction=kt.MidpointCorrection(hidden_units=(4,)))
     first, second = keras.Input((2,)), keras.Input((2,))
     model = kt.TLNODEModel([first, second], keras.layers.Concatenate()([ode(first), ode(second)]))
     model.compile(optimizer="sgd", loss="mse", correction_every=1, teacher_samples=None,
@@ -118,7 +118,7 @@ def test_a_skipped_correction_update_leaves_the_correction_loss_finite():
 def test_frozen_dynamics_keep_the_correction_schedule():
     field = keras.layers.Dense(2, trainable=False)
     keras.utils.set_random_seed(0)
-    ode = kt.TaylorLagrangeODE(field, t_final=DT, correction=kt.MidpointCorrection(hidden_units=(4,), trust=False))
+    ode = kt.TaylorLagrangeODE(field, duration=DT, correction=kt.MidpointCorrection(hidden_units=(4,), trust=False))
     inputs = keras.Input((2,))
     model = kt.TLNODEModel(inputs, ode(inputs))
     model.compile(optimizer="sgd", loss="mse", correction_every=10, correction_steps=1)
@@ -140,7 +140,7 @@ def test_a_user_subclass_builds_functionally_trains_saves_and_reloads(tmp_path):
     for _ in range(2):  # the second build once failed with an MRO error
         keras.utils.set_random_seed(0)
         inputs = keras.Input((2,))
-        ode = kt.TaylorLagrangeODE(keras.layers.Dense(2), t_final=DT, correction=kt.MidpointCorrection(hidden_units=(4,)))
+        ode = kt.TaylorLagrangeODE(keras.layers.Dense(2), duration=DT, correction=kt.MidpointCorrection(hidden_units=(4,)))
         model = MyModel(inputs, ode(inputs))
         assert isinstance(model, MyModel) and model.marker() == "mine"
     plain = keras.Model(inputs, inputs)  # Keras's own classes are untouched
@@ -172,7 +172,7 @@ def test_a_teacher_from_another_strategy_scope_is_refused():
     teacher = kt.DormandPrinceTeacher()
     with tf.distribute.OneDeviceStrategy("/cpu:0").scope():
         inputs = keras.Input((2,))
-        ode = kt.TaylorLagrangeODE(keras.layers.Dense(2), t_final=0.1, correction=kt.MidpointCorrection())
+        ode = kt.TaylorLagrangeODE(keras.layers.Dense(2), duration=0.1, correction=kt.MidpointCorrection())
         model = kt.TLNODEModel(inputs, ode(inputs))
         with pytest.raises(ValueError, match="`teacher` was created under another distribution strategy"):
             model.compile(optimizer="sgd", loss="mse", teacher=teacher)
