@@ -27,7 +27,7 @@ import argparse
 import functools
 import sys
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import harness  # the examples' shared helpers; sets KERAS_BACKEND before keras is imported
 import keras
@@ -73,8 +73,10 @@ def print_taylor_cost(cost: dict, max_order: int) -> None:
         graph = cost["graph"]["orders"][order]["ratio_to_f"]
         xla = cost["xla"]["orders"][order]["ratio_to_f"]
         print(f"{order:>5} {graph:>7.1f}x {xla:>7.1f}x")
-    print(f"one f evaluation: {cost['graph']['f_seconds'] * 1e3:.3f} ms (graph), "
-          f"{cost['xla']['f_seconds'] * 1e3:.3f} ms (XLA)\n")
+    print(
+        f"one f evaluation: {cost['graph']['f_seconds'] * 1e3:.3f} ms (graph), "
+        f"{cost['xla']['f_seconds'] * 1e3:.3f} ms (XLA)\n"
+    )
 
 
 # ---------------------------------------------------------------- (b) inference latency
@@ -192,15 +194,21 @@ def matched_latency(name: str, batch: int, repeats: int, epochs: int) -> dict:
 def print_latency(name: str, result: dict, batch: int) -> None:
     tl = result["tl_node"]
     print(f"(b) {name}, batch {batch}: one-step relative error, f-evaluations and latency per batch")
-    print(f"    TL-NODE (order 1 + correction)  error {tl['error']:.2e}  nfe {tl['nfe']:4d}  {tl['ms']:7.2f} ms"
-          f"   (uncorrected Taylor 2: error {result['taylor2_error']:.2e})")
+    print(
+        f"    TL-NODE (order 1 + correction)  error {tl['error']:.2e}  nfe {tl['nfe']:4d}  {tl['ms']:7.2f} ms"
+        f"   (uncorrected Taylor 2: error {result['taylor2_error']:.2e})"
+    )
     for row in result["dopri5"]:
-        print(f"    DormandPrince tol {row['tolerance']:.0e}     error {row['error']:.2e}  nfe {row['nfe']:4d}  "
-              f"{row['ms']:7.2f} ms  ({row['ms'] / tl['ms']:.1f}x TL-NODE)")
+        print(
+            f"    DormandPrince tol {row['tolerance']:.0e}     error {row['error']:.2e}  nfe {row['nfe']:4d}  "
+            f"{row['ms']:7.2f} ms  ({row['ms'] / tl['ms']:.1f}x TL-NODE)"
+        )
     matched = result["matched"]
     verdict = "as accurate" if matched["reached"] else "none as accurate; the most accurate"
-    print(f"    matched accuracy ({verdict}: tol {matched['tolerance']:.0e}): TL-NODE {matched['speedup']:.1f}x "
-          f"faster, {matched['nfe_ratio']:.1f}x fewer f-evaluations\n")
+    print(
+        f"    matched accuracy ({verdict}: tol {matched['tolerance']:.0e}): TL-NODE {matched['speedup']:.1f}x "
+        f"faster, {matched['nfe_ratio']:.1f}x fewer f-evaluations\n"
+    )
 
 
 # ---------------------------------------------------------------- (d) training step
@@ -218,8 +226,12 @@ def stiff_training_model(method: str, jit_compile: bool, steps_per_execution: in
     keras.utils.set_random_seed(0)
     field = linear_mlp(stiff_near_matrix())()
     inputs = keras.Input((2,))
-    options = dict(optimizer=keras.optimizers.Adam(1e-3), loss="mse", jit_compile=jit_compile,
-                   steps_per_execution=steps_per_execution)
+    options = dict(
+        optimizer=keras.optimizers.Adam(1e-3),
+        loss="mse",
+        jit_compile=jit_compile,
+        steps_per_execution=steps_per_execution,
+    )
     if method == "tl_node":
         ode = keras_tlnode.TaylorLagrangeODE(field, order=1, duration=DT, correction=keras_tlnode.MidpointCorrection())
         model = keras_tlnode.TLNODEModel(inputs, ode(inputs))
@@ -263,14 +275,23 @@ def teacher_accuracy(samples: int, repeats: int) -> list[dict]:
             teacher = keras_tlnode.DormandPrinceTeacher(tolerance, tolerance, dtype=dtype, jit_compile=jit_compile)
             solve = tf.function(lambda x, teacher=teacher: teacher.solve(field, x, DT))
             solution = solve(tf.constant(batches[0]))
-            rows.append({
-                "tolerance": tolerance, "dtype": dtype, "jit_compile": jit_compile, "nfe": int(solution.nfe),
-                "target_mse": float(np.mean((solution.states.numpy() - truth) ** 2)),
-                "ms": 1e3 * harness.median_seconds(lambda x, solve=solve: solve(x).states, [tf.constant(b) for b in batches]),
-            })
-            print(f"(d) teacher rtol = atol = {tolerance:.0e} {dtype} {'XLA  ' if jit_compile else 'graph'}: "
-                  f"target MSE {rows[-1]['target_mse']:.1e}, nfe {rows[-1]['nfe']}, {rows[-1]['ms']:.2f} ms "
-                  f"per solve of {samples} states", flush=True)
+            rows.append(
+                {
+                    "tolerance": tolerance,
+                    "dtype": dtype,
+                    "jit_compile": jit_compile,
+                    "nfe": int(solution.nfe),
+                    "target_mse": float(np.mean((solution.states.numpy() - truth) ** 2)),
+                    "ms": 1e3
+                    * harness.median_seconds(lambda x, solve=solve: solve(x).states, [tf.constant(b) for b in batches]),
+                }
+            )
+            print(
+                f"(d) teacher rtol = atol = {tolerance:.0e} {dtype} {'XLA  ' if jit_compile else 'graph'}: "
+                f"target MSE {rows[-1]['target_mse']:.1e}, nfe {rows[-1]['nfe']}, {rows[-1]['ms']:.2f} ms "
+                f"per solve of {samples} states",
+                flush=True,
+            )
     return rows
 
 
@@ -285,11 +306,16 @@ def training_step_cost(
     dataset = tf.data.Dataset.from_tensor_slices((x, y)).batch(TRAIN_BATCH).repeat().prefetch(tf.data.AUTOTUNE)
     defaults = stiff_training_model("tl_node", False, 1)
     every, updates = defaults.correction_every, defaults.correction_steps
-    report = {"correction_every": every, "correction_steps": updates, "settings": {},
-              "teacher": teacher_accuracy(defaults.teacher_samples, repeats=teacher_repeats)}
+    report = {
+        "correction_every": every,
+        "correction_steps": updates,
+        "settings": {},
+        "teacher": teacher_accuracy(defaults.teacher_samples, repeats=teacher_repeats),
+    }
     for name in settings:
         jit_compile, per_execution = SETTINGS[name]
-        def cost(method: str, **kwargs) -> float:
+
+        def cost(method: str, jit_compile: bool = jit_compile, per_execution: int = per_execution, **kwargs) -> float:
             model = stiff_training_model(method, jit_compile, per_execution, **kwargs)
             return ms_per_step(model, dataset, steps, warmup=warmup)
 
@@ -308,15 +334,21 @@ def training_step_cost(
         row["teacher_share"] = (row["teacher_per_step"] + row["updates_per_step"]) / row["tl_node"]
         row["speedup"] = row["dopri"] / row["tl_node"]
         report["settings"][name] = row
-        print(f"(d) {name:15s} TL-NODE {row['tl_node']:6.2f} ms/step (phase 1 {row['phase1']:.2f}, teacher "
-              f"{row['teacher_per_step']:.2f}, Γ updates {row['updates_per_step']:.2f}: "
-              f"{100 * row['teacher_share']:.0f}% correction)   DormandPrince {row['dopri']:7.2f} ms/step   "
-              f"{row['speedup']:.1f}x", flush=True)
+        print(
+            f"(d) {name:15s} TL-NODE {row['tl_node']:6.2f} ms/step (phase 1 {row['phase1']:.2f}, teacher "
+            f"{row['teacher_per_step']:.2f}, Γ updates {row['updates_per_step']:.2f}: "
+            f"{100 * row['teacher_share']:.0f}% correction)   DormandPrince {row['dopri']:7.2f} ms/step   "
+            f"{row['speedup']:.1f}x",
+            flush=True,
+        )
     best_tl = min(row["tl_node"] for row in report["settings"].values())
     best_dopri = min(row["dopri"] for row in report["settings"].values())
     report["best_speedup"] = best_dopri / best_tl
-    print(f"(d) best setting of each: TL-NODE {best_tl:.2f} ms, DormandPrince {best_dopri:.2f} ms: "
-          f"{report['best_speedup']:.1f}x\n", flush=True)
+    print(
+        f"(d) best setting of each: TL-NODE {best_tl:.2f} ms, DormandPrince {best_dopri:.2f} ms: "
+        f"{report['best_speedup']:.1f}x\n",
+        flush=True,
+    )
     return report
 
 

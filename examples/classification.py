@@ -71,7 +71,8 @@ import math
 import os
 import sys
 import zipfile
-from typing import Callable, NamedTuple
+from collections.abc import Callable
+from typing import NamedTuple
 
 import harness  # the examples' shared reporting; sets KERAS_BACKEND before keras is imported
 import keras
@@ -138,9 +139,7 @@ def load_digits(seed: int) -> Data:
     # The pixels are 4-bit counts 0..16 (not 0..255 as in MNIST).
     x = (digits.data / 16.0).astype(np.float32)
     y = digits.target.astype(np.int32)
-    x_train, x_test, y_train, y_test = train_test_split(
-        x, y, test_size=TEST_FRACTION, stratify=y, random_state=seed
-    )
+    x_train, x_test, y_train, y_test = train_test_split(x, y, test_size=TEST_FRACTION, stratify=y, random_state=seed)
     return Data(x_train, y_train, x_test, y_test, "sklearn digits 8x8, pixels / 16")
 
 
@@ -165,9 +164,7 @@ def load_mnist(path: str) -> Data:
     for part in ("train", "test"):
         images, labels = arrays[f"x_{part}"], arrays[f"y_{part}"].reshape(-1)
         if images.ndim < 2 or len(images) != len(labels) or len(images) == 0:
-            raise ValueError(
-                f"{path}: x_{part} {images.shape} and y_{part} {labels.shape} are not one label per image"
-            )
+            raise ValueError(f"{path}: x_{part} {images.shape} and y_{part} {labels.shape} are not one label per image")
         if labels.min() < 0 or labels.max() >= NUM_CLASSES:
             raise ValueError(f"{path}: y_{part} has labels outside 0..{NUM_CLASSES - 1}")
         splits += [(images.reshape(len(images), -1) / 255.0).astype(np.float32), labels.astype(np.int32)]
@@ -355,19 +352,40 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--batch-size", type=int, default=BATCH_SIZE)
     parser.add_argument("--eval-batch-size", type=int, default=BATCH_SIZE, help="batch of the timed inference")
     parser.add_argument("--steps-per-execution", type=int, default=STEPS_PER_EXECUTION)
-    parser.add_argument("--correction-every", type=int,
-                        help="TL-NODE's correction phase every this many steps (default: the package's)")
-    parser.add_argument("--tolerance", type=float, default=BASELINE_TOLERANCE,
-                        help="rtol = atol of the DormandPrince baseline (default: %(default)g)")
-    parser.add_argument("--methods", nargs="+", choices=list(METHODS), default=list(METHODS),
-                        help=f"methods to compare; must include the baseline, {BASELINE}")
+    parser.add_argument(
+        "--correction-every", type=int, help="TL-NODE's correction phase every this many steps (default: the package's)"
+    )
+    parser.add_argument(
+        "--tolerance",
+        type=float,
+        default=BASELINE_TOLERANCE,
+        help="rtol = atol of the DormandPrince baseline (default: %(default)g)",
+    )
+    parser.add_argument(
+        "--methods",
+        nargs="+",
+        choices=list(METHODS),
+        default=list(METHODS),
+        help=f"methods to compare; must include the baseline, {BASELINE}",
+    )
     return parser
 
 
 def parse_args(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
     args = parser.parse_args(argv)
-    harness.check_flags(parser, args, ("epochs", "train_samples", "test_samples", "batch_size", "eval_batch_size",
-                                        "steps_per_execution", "correction_every"))
+    harness.check_flags(
+        parser,
+        args,
+        (
+            "epochs",
+            "train_samples",
+            "test_samples",
+            "batch_size",
+            "eval_batch_size",
+            "steps_per_execution",
+            "correction_every",
+        ),
+    )
     if not (math.isfinite(args.tolerance) and args.tolerance > 0):
         parser.error(f"--tolerance must be a finite number > 0, got {args.tolerance}")
     if BASELINE not in args.methods:

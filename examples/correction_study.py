@@ -39,7 +39,8 @@ Usage:
 from __future__ import annotations
 
 import math
-from typing import Callable, NamedTuple
+from collections.abc import Callable
+from typing import NamedTuple
 
 import harness  # sets KERAS_BACKEND before keras is imported
 import keras
@@ -94,8 +95,9 @@ def box(half_width: float) -> Callable[[np.random.Generator, int], np.ndarray]:
 
 
 def mlp() -> keras.Sequential:
-    return keras.Sequential([keras.layers.Dense(64, activation="tanh"), keras.layers.Dense(64, activation="tanh"),
-                             keras.layers.Dense(2)])
+    return keras.Sequential(
+        [keras.layers.Dense(64, activation="tanh"), keras.layers.Dense(64, activation="tanh"), keras.layers.Dense(2)]
+    )
 
 
 def linear_mlp(near: np.ndarray | None) -> Callable[[], keras.Sequential]:
@@ -122,26 +124,38 @@ def stiff_near_matrix() -> np.ndarray:
 def systems() -> dict[str, System]:
     stiff = stiff_dynamics.system_matrix()
     stiff_flow = stiff_dynamics.exact_propagator(stiff_dynamics.DT)
-    stiff_system = dict(dt=stiff_dynamics.DT, field=lambda x: x @ stiff.T, sample=box(0.5),
-                        flow=lambda x: x @ stiff_flow.T)
+    stiff_system = dict(
+        dt=stiff_dynamics.DT, field=lambda x: x @ stiff.T, sample=box(0.5), flow=lambda x: x @ stiff_flow.T
+    )
     return {
         "stiff_random": System(**stiff_system, make_field=linear_mlp(None), learning_rate=(1e-2, 1e-4)),
         "stiff_near": System(**stiff_system, make_field=linear_mlp(stiff_near_matrix()), learning_rate=(1e-3, 1e-3)),
-        "limit_cycle": System(0.1, limit_cycle, annulus, lambda x: harness.rk4_flow(limit_cycle, x, 0.1),
-                              mlp, (1e-2, 1e-4)),
-        "limit_cycle_0.25": System(0.25, limit_cycle, annulus, lambda x: harness.rk4_flow(limit_cycle, x, 0.25),
-                                   mlp, (1e-2, 1e-4)),
-        "van_der_pol": System(van_der_pol.DT, van_der_pol.vector_field, box(van_der_pol.BOX),
-                              lambda x: harness.rk4_flow(van_der_pol.vector_field, x, van_der_pol.DT), mlp,
-                              (1e-2, 1e-4)),
+        "limit_cycle": System(
+            0.1, limit_cycle, annulus, lambda x: harness.rk4_flow(limit_cycle, x, 0.1), mlp, (1e-2, 1e-4)
+        ),
+        "limit_cycle_0.25": System(
+            0.25, limit_cycle, annulus, lambda x: harness.rk4_flow(limit_cycle, x, 0.25), mlp, (1e-2, 1e-4)
+        ),
+        "van_der_pol": System(
+            van_der_pol.DT,
+            van_der_pol.vector_field,
+            box(van_der_pol.BOX),
+            lambda x: harness.rk4_flow(van_der_pol.vector_field, x, van_der_pol.DT),
+            mlp,
+            (1e-2, 1e-4),
+        ),
     }
 
 
 def make_data(system: System, pairs: int, seed: int) -> dict:
     rng = np.random.default_rng(seed)
     x, test_x = system.sample(rng, pairs), system.sample(rng, TEST_PAIRS)
-    return {"x": x.astype("float32"), "y": system.flow(x).astype("float32"),
-            "test_x": test_x.astype("float32"), "test_y": system.flow(test_x).astype("float32")}
+    return {
+        "x": x.astype("float32"),
+        "y": system.flow(x).astype("float32"),
+        "test_x": test_x.astype("float32"),
+        "test_y": system.flow(test_x).astype("float32"),
+    }
 
 
 def build_ode(method: str, field: keras.layers.Layer, dt: float) -> keras.layers.Layer:
@@ -166,13 +180,23 @@ def run(system: System, method: str, data: dict, config: dict, label: str) -> di
     # Package defaults for everything TL-NODE-specific unless overridden on the
     # command line; only f_θ's optimiser is the study's.
     options = config["tl_options"] if method == "tl_node" else {}
-    model.compile(optimizer=harness.decaying_adam(*system.learning_rate, config["steps"]), loss="mse",
-                  steps_per_execution=STEPS_PER_EXECUTION, **options)
+    model.compile(
+        optimizer=harness.decaying_adam(*system.learning_rate, config["steps"]),
+        loss="mse",
+        steps_per_execution=STEPS_PER_EXECUTION,
+        **options,
+    )
     per_epoch = min(config["steps"], config["pairs"] // BATCH_SIZE)
     log = harness.TrainingLog(label)
     dataset = harness.training_pipeline(data["x"], data["y"], BATCH_SIZE, config["seed"], drop_remainder=True)
-    history = model.fit(dataset.repeat(), epochs=math.ceil(config["steps"] / per_epoch), steps_per_epoch=per_epoch,
-                        verbose=0, shuffle=False, callbacks=[log]).history
+    history = model.fit(
+        dataset.repeat(),
+        epochs=math.ceil(config["steps"] / per_epoch),
+        steps_per_epoch=per_epoch,
+        verbose=0,
+        shuffle=False,
+        callbacks=[log],
+    ).history
     prediction = model.predict(data["test_x"], batch_size=TEST_PAIRS, verbose=0)
     result = {
         "label": METHODS[method],
@@ -182,7 +206,7 @@ def run(system: System, method: str, data: dict, config: dict, label: str) -> di
     }
     if method == "tl_node":
         result["trust"] = float(ode.correction.trust_weight.numpy())
-        logged = [(c, loss) for c, loss in zip(history["correction_loss"], history["loss"]) if c > 0]
+        logged = [(c, loss) for c, loss in zip(history["correction_loss"], history["loss"], strict=True) if c > 0]
         result["keeps_up"] = float(np.mean([c < loss for c, loss in logged])) if logged else float("nan")
         result["correction_loss"] = history["correction_loss"][-1]
     return result
@@ -226,7 +250,10 @@ def main(argv: list[str] | None = None) -> dict:
         data = make_data(system, config["pairs"], config["seed"])
         print(f"{name}: Δt = {system.dt:g}, {config['steps']} steps of batch {BATCH_SIZE}", flush=True)
         results = harness.run_methods(
-            args.methods, lambda method, position: run(system, method, data, config, f"{position} {name} {method}")
+            args.methods,
+            lambda method, position, system=system, data=data, name=name: run(
+                system, method, data, config, f"{position} {name} {method}"
+            ),
         )
         print(harness.format_table(results, COLUMNS), flush=True)
         report["systems"][name] = results

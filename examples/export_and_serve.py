@@ -85,7 +85,11 @@ def make_data(rng: np.random.Generator, samples: int) -> tuple[np.ndarray, np.nd
 
 def vector_field(state: int = 2, width: int = 32) -> keras.Sequential:
     return keras.Sequential(
-        [keras.layers.Dense(width, activation="tanh"), keras.layers.Dense(width, activation="tanh"), keras.layers.Dense(state)],
+        [
+            keras.layers.Dense(width, activation="tanh"),
+            keras.layers.Dense(width, activation="tanh"),
+            keras.layers.Dense(state),
+        ],
         name="vector_field",
     )
 
@@ -122,7 +126,10 @@ def serve_in_plain_tensorflow(path: str, batch: np.ndarray) -> dict:
         np.save(batch_file, batch)
         run = subprocess.run(
             [sys.executable, "-c", PLAIN_TF_SERVER, path, batch_file],
-            capture_output=True, text=True, timeout=600, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
+            capture_output=True,
+            text=True,
+            timeout=600,
+            env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
         )
     if run.returncode != 0:
         raise RuntimeError(f"serving in plain TensorFlow failed:\n{run.stderr[-3000:]}")
@@ -183,8 +190,10 @@ def format_export_row(row: dict) -> str:
             return value
         return f"{np.median(value):.2f} s (min {min(value):.2f})"
 
-    return (f"order {row['order']}: model.export {cell(row['model.export'])}, "
-            f"export_saved_model {cell(row['export_saved_model'])}, saved_model.pb {row['size_mb']:.1f} MB")
+    return (
+        f"order {row['order']}: model.export {cell(row['model.export'])}, "
+        f"export_saved_model {cell(row['export_saved_model'])}, saved_model.pb {row['size_mb']:.1f} MB"
+    )
 
 
 # ------------------------------------------------------------------------ main
@@ -207,8 +216,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
-    print(f"TensorFlow {tf.__version__}, Keras {keras.__version__}, Python {platform.python_version()}, "
-          f"{os.cpu_count()} CPUs")
+    print(
+        f"TensorFlow {tf.__version__}, Keras {keras.__version__}, Python {platform.python_version()}, "
+        f"{os.cpu_count()} CPUs"
+    )
     if args.export_times:
         return {"export_times": export_times([1, 2, 3, 4], args.export_repeats)}
 
@@ -223,8 +234,10 @@ def main(argv: list[str] | None = None) -> dict:
     ode = model.get_layer("ode")
     seconds = train(model, x, y, args.epochs, args.batch_size)
     in_memory = model.predict(batch, verbose=0)
-    print(f"\n1. Trained {MODEL_NAME} ({args.epochs} epochs, {args.samples} pairs) in {seconds:.1f} s; "
-          f"test MSE {np.mean((in_memory - truth) ** 2):.2e}, nfe {ode.nfe}")
+    print(
+        f"\n1. Trained {MODEL_NAME} ({args.epochs} epochs, {args.samples} pairs) in {seconds:.1f} s; "
+        f"test MSE {np.mean((in_memory - truth) ** 2):.2e}, nfe {ode.nfe}"
+    )
 
     start = time.perf_counter()
     keras_tlnode.export_saved_model(model, path, trajectory=True)
@@ -234,9 +247,11 @@ def main(argv: list[str] | None = None) -> dict:
     plain = serve_in_plain_tensorflow(path, batch)
     served_final = np.asarray(plain["final"], dtype="float32")
     parity = float(np.max(np.abs(served_final - in_memory)))
-    print(f"3. Served by a process without Keras/keras_tlnode (imported there: {plain['keras_loaded']}): "
-          f"signatures {plain['signatures']}, input {plain['signature_inputs']}, "
-          f"trajectory endpoint shape {plain['trajectory_shape']}; max |served - in-memory| = {parity:.1e}")
+    print(
+        f"3. Served by a process without Keras/keras_tlnode (imported there: {plain['keras_loaded']}): "
+        f"signatures {plain['signatures']}, input {plain['signature_inputs']}, "
+        f"trajectory endpoint shape {plain['trajectory_shape']}; max |served - in-memory| = {parity:.1e}"
+    )
 
     served = tf.saved_model.load(path)
     tensor = tf.constant(batch)
@@ -249,11 +264,14 @@ def main(argv: list[str] | None = None) -> dict:
         function = tf.function(lambda t, layer=layer, dtype=dtype: layer.solve(tf.cast(t, dtype)))
         nfe = int(function(tensor).nfe)
         solvers[f"DormandPrince rtol=atol={tolerance:g} ({dtype})"] = (
-            lambda t, f=function: tf.cast(f(t).states, tf.float32), nfe
+            lambda t, f=function: tf.cast(f(t).states, tf.float32),
+            nfe,
         )
     latency = {}
-    print(f"\n   Latency per batch of {SERVE_BATCH} (median of {args.repeats} calls). Last columns: MSE against the"
-          "\n   true pendulum, and max |difference| from the tight DormandPrince solve of the same learned field:")
+    print(
+        f"\n   Latency per batch of {SERVE_BATCH} (median of {args.repeats} calls). Last columns: MSE against the"
+        "\n   true pendulum, and max |difference| from the tight DormandPrince solve of the same learned field:"
+    )
     print(f"   {'solver':44s} {'ms/batch':>9s} {'x TL-NODE':>9s} {'f evals':>7s} {'MSE':>9s} {'vs DP 1e-8':>10s}")
     outputs = {name: fn(tensor).numpy() for name, (fn, _) in solvers.items()}
     reference = outputs[next(name for name in solvers if "1e-08" in name)]

@@ -13,16 +13,16 @@ import os
 import platform
 import sys
 import time
-from typing import Callable, Iterable
+from collections.abc import Callable, Iterable
 
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import keras  # noqa: E402
-import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
+import keras
+import numpy as np
+import tensorflow as tf
 
-import keras_tlnode  # noqa: E402
+import keras_tlnode
 
 # Each evaluated model gets its own predict function; TensorFlow's "retracing"
 # warning about that is expected in the examples.
@@ -255,11 +255,15 @@ def format_table(rows: dict[str, dict], columns: list[tuple[str, str, str]]) -> 
     """A plain-text table: one row per entry of `rows`, columns as (key, header, format spec)."""
     widths = [max(len(header), 10) for _, header, _ in columns]
     label_width = max(len(row["label"]) for row in rows.values())
-    lines = [f"{'method':<{label_width}}  " + "  ".join(f"{h:>{w}}" for (_, h, _), w in zip(columns, widths))]
+    lines = [
+        f"{'method':<{label_width}}  " + "  ".join(f"{h:>{w}}" for (_, h, _), w in zip(columns, widths, strict=True))
+    ]
     lines.append("-" * len(lines[0]))
     for row in rows.values():
         cells = [f"{row[key]:{spec}}" if row.get(key) is not None else "-" for key, _, spec in columns]
-        lines.append(f"{row['label']:<{label_width}}  " + "  ".join(f"{c:>{w}}" for c, w in zip(cells, widths)))
+        lines.append(
+            f"{row['label']:<{label_width}}  " + "  ".join(f"{c:>{w}}" for c, w in zip(cells, widths, strict=True))
+        )
     return "\n".join(lines)
 
 
@@ -300,7 +304,7 @@ def plot_bars(path: str, groups: dict[str, dict[str, float]], title: str, log: b
     """One panel per group (e.g. "training time (s)"), one bar per method."""
     plt = pyplot()
     figure, panels = plt.subplots(1, len(groups), figsize=(3.2 * len(groups), 3.6), dpi=90, squeeze=False)
-    for axes, (name, values) in zip(panels[0], groups.items()):
+    for axes, (name, values) in zip(panels[0], groups.items(), strict=True):
         labels = list(values)
         axes.bar(range(len(labels)), [values[label] for label in labels], color=[f"C{i}" for i in range(len(labels))])
         axes.set_xticks(range(len(labels)), labels, rotation=30, ha="right", fontsize=8)

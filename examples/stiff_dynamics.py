@@ -256,12 +256,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--batch-size", type=int, default=BATCH_SIZE)
     parser.add_argument("--steps-per-execution", type=int, default=STEPS_PER_EXECUTION)
     parser.add_argument("--methods", nargs="+", choices=list(METHODS), default=list(METHODS))
-    parser.add_argument("--remainder-weight", type=float, default=REMAINDER_WEIGHT,
-                        help="TL-NODE's remainder penalty λ (default: %(default)g)")
+    parser.add_argument(
+        "--remainder-weight",
+        type=float,
+        default=REMAINDER_WEIGHT,
+        help="TL-NODE's remainder penalty λ (default: %(default)g)",
+    )
     parser.add_argument("--repeats", type=int, default=20, help="timed prediction batches per method")
     args = parser.parse_args(argv)
-    harness.check_flags(parser, args, ("epochs", "trajectories", "test_trajectories", "batch_size",
-                                        "steps_per_execution", "repeats"))
+    harness.check_flags(
+        parser, args, ("epochs", "trajectories", "test_trajectories", "batch_size", "steps_per_execution", "repeats")
+    )
     if not (math.isfinite(args.remainder_weight) and args.remainder_weight >= 0):
         parser.error(f"--remainder-weight must be a finite number >= 0, got {args.remainder_weight}")
     if args.seconds is not None and not (math.isfinite(args.seconds) and args.seconds >= DT):
@@ -305,18 +310,25 @@ COLUMNS = [
 
 def report_plots(results: dict, out: str) -> None:
     curves = {r["label"]: (r["curve"]["steps"], r["curve"]["one_step_mse"]) for r in results.values()}
-    harness.plot_curves(os.path.join(out, "stiff_error_vs_step.png"), curves, "one-step test MSE",
-                        "Stiff linear system: test error during training")
-    harness.plot_bars(os.path.join(out, "stiff_training_time.png"),
-                      {"training time (s)": {r["label"]: r["train_seconds"] for r in results.values()}},
-                      "Stiff linear system: wall-clock training time")
+    harness.plot_curves(
+        os.path.join(out, "stiff_error_vs_step.png"),
+        curves,
+        "one-step test MSE",
+        "Stiff linear system: test error during training",
+    )
+    harness.plot_bars(
+        os.path.join(out, "stiff_training_time.png"),
+        {"training time (s)": {r["label"]: r["train_seconds"] for r in results.values()}},
+        "Stiff linear system: wall-clock training time",
+    )
 
 
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     config = make_config(args)
-    data = make_data(np.random.default_rng(config["seed"]), config["trajectories"], config["seconds"],
-                     config["test_trajectories"])
+    data = make_data(
+        np.random.default_rng(config["seed"]), config["trajectories"], config["seconds"], config["test_trajectories"]
+    )
     print(
         f"stiff dynamics ({config['mode']}): {config['trajectories']} trajectories x {config['seconds']:g} s "
         f"-> {len(data['x'])} pairs, {config['epochs']} epochs of batch {config['batch_size']} "

@@ -234,7 +234,10 @@ def run_method(method: str, data: dict, config: dict) -> tuple[dict, np.ndarray]
     # of unknown size (README, "Limitations").
     history = model.fit(
         harness.training_pipeline(data["x"], data["y"], config["batch_size"], config["seed"], drop_remainder=True),
-        epochs=config["epochs"], shuffle=False, verbose=0, callbacks=[log]
+        epochs=config["epochs"],
+        shuffle=False,
+        verbose=0,
+        callbacks=[log],
     )
     seconds, nfe = prediction_cost(ode, predict, test_x, config)
     num_steps = data["test"].shape[1] - 1
@@ -262,8 +265,8 @@ def plot_portraits(path: str, truth: np.ndarray, results: dict, rollouts: dict[s
     """One panel per method: the first test trajectories (grey) and the method's rollouts from their starts."""
     plt = harness.pyplot()
     figure, panels = plt.subplots(1, len(results), figsize=(3.2 * len(results), 3.4), dpi=90, squeeze=False)
-    for axes, (method, result) in zip(panels[0], results.items()):
-        for i, (true, guess) in enumerate(zip(truth, rollouts[method])):
+    for axes, (method, result) in zip(panels[0], results.items(), strict=True):
+        for i, (true, guess) in enumerate(zip(truth, rollouts[method], strict=True)):
             axes.plot(true[:, 0], true[:, 1], color="0.6", linewidth=2.5)
             axes.plot(guess[:, 0], guess[:, 1], color=f"C{i}", linewidth=1.0, linestyle="--")
             axes.plot(true[0, 0], true[0, 1], "o", color=f"C{i}", markersize=4)
@@ -306,21 +309,40 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--trajectories", type=int, help="training trajectories (default: per mode)")
     parser.add_argument("--seconds", type=float, help="length of each training trajectory in s (default: per mode)")
     parser.add_argument("--test-trajectories", type=int, default=TEST_TRAJECTORIES)
-    parser.add_argument("--test-seconds", type=float, default=TEST_SECONDS,
-                        help="length of each test trajectory and of the plotted rollouts, in s (default: %(default)g)")
-    parser.add_argument("--rollout-seconds", type=float, default=ROLLOUT_SECONDS,
-                        help="horizon of the rollout error in s, capped by --test-seconds (default: %(default)g)")
-    parser.add_argument("--dt", type=float, default=DT, help="time step of the data and the models (default: %(default)g)")
+    parser.add_argument(
+        "--test-seconds",
+        type=float,
+        default=TEST_SECONDS,
+        help="length of each test trajectory and of the plotted rollouts, in s (default: %(default)g)",
+    )
+    parser.add_argument(
+        "--rollout-seconds",
+        type=float,
+        default=ROLLOUT_SECONDS,
+        help="horizon of the rollout error in s, capped by --test-seconds (default: %(default)g)",
+    )
+    parser.add_argument(
+        "--dt", type=float, default=DT, help="time step of the data and the models (default: %(default)g)"
+    )
     parser.add_argument("--batch-size", type=int, help="training batch size (default: per mode)")
     parser.add_argument("--steps-per-execution", type=int, default=STEPS_PER_EXECUTION)
     parser.add_argument("--methods", nargs="+", choices=list(METHODS), default=list(METHODS))
-    parser.add_argument("--remainder-weight", type=float, default=REMAINDER_WEIGHT,
-                        help="TL-NODE's remainder penalty λ (default: %(default)g)")
-    parser.add_argument("--dp-tolerance", type=float, default=DP_TOLERANCE,
-                        help="rtol = atol of the DormandPrince baseline (default: %(default)g)")
+    parser.add_argument(
+        "--remainder-weight",
+        type=float,
+        default=REMAINDER_WEIGHT,
+        help="TL-NODE's remainder penalty λ (default: %(default)g)",
+    )
+    parser.add_argument(
+        "--dp-tolerance",
+        type=float,
+        default=DP_TOLERANCE,
+        help="rtol = atol of the DormandPrince baseline (default: %(default)g)",
+    )
     args = parser.parse_args(argv)
-    harness.check_flags(parser, args, ("epochs", "trajectories", "test_trajectories", "batch_size",
-                                        "steps_per_execution"))
+    harness.check_flags(
+        parser, args, ("epochs", "trajectories", "test_trajectories", "batch_size", "steps_per_execution")
+    )
     if not (math.isfinite(args.dt) and args.dt > 0):
         parser.error(f"--dt must be a finite number > 0, got {args.dt}")
     for name in ("seconds", "test_seconds", "rollout_seconds"):

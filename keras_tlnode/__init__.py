@@ -14,13 +14,13 @@ if _keras.backend.backend() != "tensorflow":
         f"{_keras.backend.backend()!r}. Set KERAS_BACKEND=tensorflow before importing keras."
     )
 
-from keras_tlnode.adaptive import DormandPrinceODE  # noqa: E402
-from keras_tlnode.correction import MidpointCorrection  # noqa: E402
-from keras_tlnode.export import export_saved_model  # noqa: E402
-from keras_tlnode.layers import FixedStepODE, TaylorLagrangeODE  # noqa: E402
-from keras_tlnode.taylor import taylor_coefficients  # noqa: E402
-from keras_tlnode.teacher import DormandPrinceTeacher  # noqa: E402
-from keras_tlnode.training import TLNODEModel  # noqa: E402
+from keras_tlnode.adaptive import DormandPrinceODE
+from keras_tlnode.correction import MidpointCorrection
+from keras_tlnode.export import export_saved_model
+from keras_tlnode.layers import FixedStepODE, TaylorLagrangeODE
+from keras_tlnode.taylor import taylor_coefficients
+from keras_tlnode.teacher import DormandPrinceTeacher
+from keras_tlnode.training import TLNODEModel
 
 __all__ = [
     "DormandPrinceODE",

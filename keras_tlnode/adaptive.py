@@ -9,7 +9,8 @@ adjoint method), the baseline TL-NODE is measured against.
 from __future__ import annotations
 
 import math
-from typing import Callable, NamedTuple
+from collections.abc import Callable
+from typing import NamedTuple
 
 import keras
 import tensorflow as tf

@@ -134,14 +134,14 @@ class MidpointCorrection(keras.layers.Layer):
                 name="trust", shape=(), initializer="ones", constraint=_UnitInterval(), dtype=self.variable_dtype
             )
 
-    def call(
-        self, x: tf.Tensor, step_size: tf.Tensor | float | None = None, apply_trust: bool = True
-    ) -> tf.Tensor:
+    def call(self, x: tf.Tensor, step_size: tf.Tensor | float | None = None, apply_trust: bool = True) -> tf.Tensor:
         """Returns Γ(x): shaped like `x` (vector) or `(batch, n, n)` (matrix).
 
         `apply_trust=False` returns `Γ_fit`, the correction at full strength,
         which is what the correction phase of `TLNODEModel` fits.
         """
+        if self.network is None or self.base_value is None:
+            raise RuntimeError("MidpointCorrection must be built before it is called.")
         n = math.prod(x.shape[1:])
         features = tf.reshape(x, (-1, n))
         if self.use_step_size:
@@ -204,7 +204,7 @@ class MidpointCorrection(keras.layers.Layer):
         return config
 
     @classmethod
-    def from_config(cls, config: dict) -> "MidpointCorrection":
+    def from_config(cls, config: dict) -> MidpointCorrection:
         config = dict(config)
         config["network"] = keras.saving.deserialize_keras_object(config["network"])
         # Models saved by keras_tlnode 0.1 had no trust weight.

@@ -113,7 +113,7 @@ def export_saved_model(
 
 
 def _captured_variables(functions) -> list[tf.Variable]:
-    found = {}
+    found: dict[int, tf.Variable] = {}
     for function in functions:
         for variable in function.variables:
             found.setdefault(id(variable), variable)
@@ -140,9 +140,7 @@ def _check_batch(layers: list[StepwiseODE], signature: list[tf.TensorSpec], chun
         )
 
 
-def _trajectory_model(
-    model: keras.Model, layers: list[StepwiseODE], trajectory: bool | StepwiseODE
-) -> keras.Model:
+def _trajectory_model(model: keras.Model, layers: list[StepwiseODE], trajectory: bool | StepwiseODE) -> keras.Model:
     """A model from `model`'s inputs to the trajectory of one of its fixed-step layers, sharing its weights."""
     if trajectory is True:
         if len(layers) != 1:

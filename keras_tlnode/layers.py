@@ -17,7 +17,8 @@ import functools
 import inspect
 import warnings
 import weakref
-from typing import Callable, TypeVar
+from collections.abc import Callable
+from typing import TypeVar
 
 import keras
 import tensorflow as tf
@@ -108,7 +109,9 @@ class ODELayer(keras.layers.Layer):
 
     def _check_inputs(self, inputs: tf.Tensor) -> None:
         if not tf.as_dtype(inputs.dtype).is_floating:
-            raise TypeError(f"{type(self).__name__} `inputs` must have a floating dtype, got {tf.as_dtype(inputs.dtype).name}.")
+            raise TypeError(
+                f"{type(self).__name__} `inputs` must have a floating dtype, got {tf.as_dtype(inputs.dtype).name}."
+            )
 
     def compute_output_shape(self, input_shape: tuple) -> tuple:
         if self.return_trajectory:
@@ -132,7 +135,7 @@ class ODELayer(keras.layers.Layer):
         return config
 
     @classmethod
-    def from_config(cls, config: dict) -> "ODELayer":
+    def from_config(cls, config: dict) -> ODELayer:
         config = dict(config)
         config["vector_field"] = keras.saving.deserialize_keras_object(config["vector_field"])
         if "t_final" in config:  # saved by 0.1
@@ -412,7 +415,7 @@ class TaylorLagrangeODE(StepwiseODE):
         return config
 
     @classmethod
-    def from_config(cls, config: dict) -> "TaylorLagrangeODE":
+    def from_config(cls, config: dict) -> TaylorLagrangeODE:
         config = dict(config)
         config["correction"] = keras.saving.deserialize_keras_object(config["correction"])
         return super().from_config(config)
@@ -433,7 +436,7 @@ def _classical_arguments(args: tuple, kwargs: dict) -> dict:
     return bound
 
 
-_TRACED: "weakref.WeakKeyDictionary[StepwiseODE, Callable]" = weakref.WeakKeyDictionary()
+_TRACED: weakref.WeakKeyDictionary[StepwiseODE, Callable] = weakref.WeakKeyDictionary()
 
 
 def _traced_integrate(layer: StepwiseODE) -> Callable[[tf.Tensor, bool], tuple[tf.Tensor, tf.Tensor]]:
@@ -446,9 +449,14 @@ def _traced_integrate(layer: StepwiseODE) -> Callable[[tf.Tensor, bool], tuple[t
     """
     if layer not in _TRACED:
         owner = weakref.ref(layer)
-        _TRACED[layer] = tf.function(
-            lambda x, penalise: owner()._integrate(x, penalise), autograph=False, reduce_retracing=True
-        )
+
+        def integrate(x: tf.Tensor, penalise: bool) -> tuple[tf.Tensor, tf.Tensor]:
+            alive = owner()
+            if alive is None:  # unreachable: the cache drops a layer's entry with the layer
+                raise ReferenceError("the layer of this traced rollout no longer exists")
+            return alive._integrate(x, penalise)
+
+        _TRACED[layer] = tf.function(integrate, autograph=False, reduce_retracing=True)
     return _TRACED[layer]
 
 

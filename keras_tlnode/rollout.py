@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import tensorflow as tf
 
@@ -30,6 +30,7 @@ def rollout(
         `(states, remainder)`, where `remainder` is the scalar Σ_k mean|R_k| of
         the steps' Lagrange remainders (zero unless `sum_remainders`).
     """
+
     def body(k, x, total, *trajectory):
         x_next, remainder = step(x, k)
         if sum_remainders:
@@ -38,7 +39,7 @@ def rollout(
         # it would be dead weight, and it blocks TFLite conversion with a dynamic batch.
         return (k + 1, x_next, total) + tuple(states.write(k + 1, x_next) for states in trajectory)
 
-    trajectory = ()
+    trajectory: tuple[tf.TensorArray, ...] = ()
     if return_trajectory:
         trajectory = (tf.TensorArray(x0.dtype, size=num_steps + 1, element_shape=x0.shape).write(0, x0),)
     _, x, total, *trajectory = tf.while_loop(

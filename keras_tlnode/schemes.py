@@ -8,7 +8,7 @@ and zero for the classical schemes, which have none.
 from __future__ import annotations
 
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import tensorflow as tf
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 import contextlib
 import os
 import traceback
-from typing import Callable
+from collections.abc import Callable
 
 import keras
 import tensorflow as tf
@@ -37,9 +37,7 @@ _NESTED_FORWARD_ERRORS = (ValueError, TypeError, IndexError, SystemError, tf.err
 VectorField = Callable[..., tf.Tensor]
 
 
-def taylor_coefficients(
-    fn: VectorField, x: tf.Tensor, order: int, t: tf.Tensor | None = None
-) -> tf.Tensor:
+def taylor_coefficients(fn: VectorField, x: tf.Tensor, order: int, t: tf.Tensor | None = None) -> tf.Tensor:
     """Time derivatives `x^(1) .. x^(order+1)` of the solution of `dx/dt = fn(x)`.
 
     Entry `i` of the result is the unnormalised (i+1)-th time derivative at the
@@ -101,7 +99,7 @@ def _nested_pass(fn: VectorField, x: tf.Tensor, order: int, t: tf.Tensor | None)
     try:
         with contextlib.ExitStack() as stack:
             accumulators = []
-            for depth in range(order):
+            for depth in range(order):  # noqa: B007 (the error report reads the depth reached)
                 tangents = _tangents(field(x), t)
                 accumulators.append(stack.enter_context(tf.autodiff.ForwardAccumulator(primals, tangents)))
             depth = order

@@ -7,7 +7,7 @@ The teacher is only on the training path, never in inference or export.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import tensorflow as tf
 import tensorflow_probability as tfp

@@ -172,7 +172,11 @@ class TLNODEModel(keras.Model):
     def train_step(self, data):
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
         y_pred, calls = self._dynamics_step(x, y, sample_weight)
-        corrected = [layer for layer in layers_of(self, TaylorLagrangeODE) if layer.correction is not None and layer in calls.inputs]
+        corrected = [
+            layer
+            for layer in layers_of(self, TaylorLagrangeODE)
+            if layer.correction is not None and layer in calls.inputs
+        ]
         if corrected:
             self._tl_metrics["trust"].update_state(tf.add_n([_trust(layer) for layer in corrected]) / len(corrected))
             if _correction_variables(corrected):
@@ -199,7 +203,7 @@ class TLNODEModel(keras.Model):
         self._build_optimizers()
         if dynamics_variables:
             gradients = tape.gradient(scaled_loss, dynamics_variables)
-            self.optimizer.apply_gradients(zip(gradients, dynamics_variables))
+            self.optimizer.apply_gradients(zip(gradients, dynamics_variables, strict=True))
         else:
             # Nothing but the corrections trains (known dynamics): the step count
             # that schedules the correction phase still has to advance.
@@ -209,7 +213,9 @@ class TLNODEModel(keras.Model):
         # Keras scales the loss by 1/replicas under tf.distribute; the log shows it unscaled.
         replicas = tf.distribute.get_strategy().num_replicas_in_sync
         self._loss_tracker.update_state(loss * replicas, sample_weight=batch)
-        self._tl_metrics["remainder"].update_state(tf.add_n([tf.zeros(())] + [tf.cast(p, tf.float32) for p in calls.penalties]))
+        self._tl_metrics["remainder"].update_state(
+            tf.add_n([tf.zeros(())] + [tf.cast(p, tf.float32) for p in calls.penalties])
+        )
         self._tl_metrics["nfe"].update_state(float(sum(layer.nfe for layer in ode_layers)))
         return y_pred, calls
 
@@ -255,7 +261,7 @@ class TLNODEModel(keras.Model):
 
         states, targets, ok, teacher_nfe = tf.cond(due, solve, skip)
         variables = _correction_variables(layers)
-        problems = [draw.at(s) for draw, s in zip(draws, states)]
+        problems = [draw.at(s) for draw, s in zip(draws, states, strict=True)]
         context = tf.distribute.get_replica_context()
         failures = context.all_reduce(tf.distribute.ReduceOp.SUM, tf.cast(tf.logical_not(ok), tf.float32))
         solved = tf.logical_and(due, tf.equal(failures, 0.0))
@@ -283,11 +289,11 @@ class TLNODEModel(keras.Model):
         self._tl_metrics["teacher_failures"].update_state(tf.cast(tf.logical_and(due, tf.logical_not(ok)), tf.float32))
 
     def _correction_gradients(
-        self, problems: list["_CorrectionProblem"], targets: list[tf.Tensor], variables: list[tf.Variable]
+        self, problems: list[_CorrectionProblem], targets: list[tf.Tensor], variables: list[tf.Variable]
     ) -> tuple[tf.Tensor, list[tf.Tensor]]:
         replicas = tf.distribute.get_strategy().num_replicas_in_sync
         with tf.GradientTape() as tape:
-            loss = tf.cast(tf.add_n([p.loss(target) for p, target in zip(problems, targets)]), tf.float32)
+            loss = tf.cast(tf.add_n([p.loss(target) for p, target in zip(problems, targets, strict=True)]), tf.float32)
             # Scaled so that the optimizer's sum over replicas averages them.
             scaled = self.correction_optimizer.scale_loss(loss / replicas)
         return loss, tape.gradient(scaled, variables)
@@ -308,7 +314,7 @@ class TLNODEModel(keras.Model):
         tf.cond(flag, step, lambda: None)
 
     def _correction_step(self, gradients: list, variables: list[tf.Variable]) -> None:
-        self.correction_optimizer.apply_gradients(zip(gradients, variables))
+        self.correction_optimizer.apply_gradients(zip(gradients, variables, strict=True))
 
 
 @keras.saving.register_keras_serializable(package="keras_tlnode", name="FunctionalTLNODEModel")
@@ -352,7 +358,7 @@ def _functional_arguments(args: tuple, kwargs: dict) -> bool:
 class _CorrectionDraw(NamedTuple):
     """Which of one layer's step starts its correction is fitted on at this step.
 
-    `index` picks at most `teacher_samples` of the `batch · num_steps` step
+    `picks` indexes at most `teacher_samples` of the `batch · num_steps` step
     starts (None: all of them), drawn by a stateless RNG keyed on the step
     number, so that a resumed run (BackupAndRestore) stays bit-equal to an
     uninterrupted one; `times` are the picked starts' times (time-dependent
@@ -360,11 +366,11 @@ class _CorrectionDraw(NamedTuple):
     """
 
     layer: TaylorLagrangeODE
-    index: tf.Tensor | None
+    picks: tf.Tensor | None
     times: tf.Tensor | None
 
     @classmethod
-    def draw(cls, layer: TaylorLagrangeODE, inputs: tf.Tensor, samples: int | None, step: tf.Tensor) -> "_CorrectionDraw":
+    def draw(cls, layer: TaylorLagrangeODE, inputs: tf.Tensor, samples: int | None, step: tf.Tensor) -> _CorrectionDraw:
         count = tf.shape(inputs)[0] * layer.num_steps
         index = None
         if samples is not None:
@@ -375,17 +381,17 @@ class _CorrectionDraw(NamedTuple):
             times = tf.gather(times, index)
         return cls(layer, index, times)
 
-    def __call__(self, inputs: tf.Tensor) -> "_CorrectionProblem":
+    def __call__(self, inputs: tf.Tensor) -> _CorrectionProblem:
         """The drawn step starts of the layer's rollout from `inputs` (this runs the rollout)."""
         states = self.layer.step_starts(inputs)
-        return self.at(states if self.index is None else tf.gather(states, self.index))
+        return self.at(states if self.picks is None else tf.gather(states, self.picks))
 
     def zeros(self, inputs: tf.Tensor) -> tf.Tensor:
         """Zeros shaped like the drawn states, for a step without a teacher solve."""
-        count = tf.shape(inputs)[0] * self.layer.num_steps if self.index is None else tf.shape(self.index)[0]
+        count = tf.shape(inputs)[0] * self.layer.num_steps if self.picks is None else tf.shape(self.picks)[0]
         return tf.zeros(tf.concat([[count], tf.shape(inputs)[1:]], axis=0), inputs.dtype)
 
-    def at(self, states: tf.Tensor) -> "_CorrectionProblem":
+    def at(self, states: tf.Tensor) -> _CorrectionProblem:
         return _CorrectionProblem(self.layer, states, self.times)
 
 
@@ -419,6 +425,7 @@ def _correction_variables(layers: list[TaylorLagrangeODE]) -> list:
 
 def _trust(layer: TaylorLagrangeODE) -> tf.Tensor:
     """The share of its fitted correction that the layer applies (1 without a trust weight)."""
-    if not layer.correction.trust:
+    correction = layer.correction
+    if correction is None or not correction.trust:
         return tf.ones(())
-    return tf.cast(layer.correction.trust_weight, tf.float32)
+    return tf.cast(correction.trust_weight, tf.float32)

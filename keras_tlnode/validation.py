@@ -11,7 +11,8 @@ from __future__ import annotations
 import math
 import numbers
 import warnings
-from typing import Sequence, TypeVar
+from collections.abc import Sequence
+from typing import TypeVar
 
 T = TypeVar("T")
 
@@ -21,9 +22,10 @@ def check_int(value: object, name: str, minimum: int = 1, maximum: int | None = 
     expected = f"an int in [{minimum}, {maximum}]" if maximum is not None else f"an int >= {minimum}"
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
         raise TypeError(f"`{name}` must be {expected}, got {value!r} ({type(value).__name__}).")
-    if value < minimum or (maximum is not None and value > maximum):
+    number = int(value)
+    if number < minimum or (maximum is not None and number > maximum):
         raise ValueError(f"`{name}` must be {expected}, got {value!r}.")
-    return int(value)
+    return number
 
 
 def check_optional_int(value: object, name: str, minimum: int = 1) -> int | None:

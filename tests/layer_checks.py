@@ -9,7 +9,7 @@ before and after training, for the caller to assert that it went down.
 from __future__ import annotations
 
 import os
-from typing import Callable
+from collections.abc import Callable
 
 import keras
 import numpy as np

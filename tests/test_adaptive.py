@@ -34,7 +34,7 @@ X0 = np.array([[0.3, -0.4], [1.0, 0.5], [-0.2, 0.0]], dtype="float32")
 def test_final_state_matches_the_matrix_exponential(graph):
     ode = kt.DormandPrinceODE(linear_field(K), duration=1.5, rtol=1e-7, atol=1e-7)
     run = tf.function(ode.solve) if graph else ode.solve
-    states, nfe, ok = run(X0)
+    states, nfe, _ = run(X0)
     np.testing.assert_allclose(states, X0 @ rotation_decay(1.5), atol=2e-6)
     assert 6 < int(nfe) < 1000
 
@@ -141,7 +141,9 @@ def test_teacher_flags_failed_solves(field, reason):
 def test_teacher_step_cap_stops_the_solve(jit_compile):
     # λ = -1000 over Δt = 50 needs about 10^4 stable DormandPrince steps; the cap of 50 must stop it
     # (plus the few steps, growing 10x each, that finish the interval once the cap is spent).
-    field = lambda x: x * tf.constant([-1000.0, -1.0])
+    def field(x):
+        return x * tf.constant([-1000.0, -1.0])
+
     teacher = kt.DormandPrinceTeacher(max_num_steps=50, jit_compile=jit_compile)
     solution = teacher.solve(field, tf.constant(X0), 50.0)
     assert not bool(solution.ok)

@@ -49,12 +49,22 @@ def test_methods_start_from_identical_weights(classification):
     reference = networks[0].ode.vector_field.get_weights() + networks[0].head.get_weights()
     for network in networks[1:]:
         weights = network.ode.vector_field.get_weights() + network.head.get_weights()
-        assert all(np.array_equal(a, b) for a, b in zip(reference, weights))
+        assert all(np.array_equal(a, b) for a, b in zip(reference, weights, strict=True))
 
 
 def test_main_writes_json_and_chart(classification, tmp_path, capsys):
     path = tmp_path / "results" / "cls.json"
-    argv = ["--train-samples", "60", "--test-samples", "30", *TINY, "--json", str(path), "--out", str(tmp_path / "plots")]
+    argv = [
+        "--train-samples",
+        "60",
+        "--test-samples",
+        "30",
+        *TINY,
+        "--json",
+        str(path),
+        "--out",
+        str(tmp_path / "plots"),
+    ]
     returned = classification.main(argv)
     report = json.loads(path.read_text())
 

@@ -15,8 +15,9 @@ def study():
 
 @pytest.mark.parametrize("name", ["limit_cycle", "van_der_pol"])
 def test_rk4_truth_matches_a_tight_adaptive_solve(study, name):
-    import keras_tlnode as kt
     import tensorflow as tf
+
+    import keras_tlnode as kt
 
     system = study.systems()[name]
     x = system.sample(np.random.default_rng(0), 16)
@@ -46,7 +47,9 @@ def test_systems_run_with_options(study, tmp_path):
     assert list(report["systems"]) == systems
     assert report["config"]["tl_options"] == {"teacher_samples": 8}
     for results in report["systems"].values():
-        assert math.isfinite(results["tl_node"]["one_step_mse"]) and math.isfinite(results["tl_node"]["field_rel_error"])
+        assert math.isfinite(results["tl_node"]["one_step_mse"]) and math.isfinite(
+            results["tl_node"]["field_rel_error"]
+        )
         assert 0.0 <= results["tl_node"]["trust"] <= 1.0
     assert returned["systems"].keys() == report["systems"].keys()
 

@@ -29,8 +29,24 @@ def test_stiff_exact_solution(stiff):
 
 def test_stiff_main_writes_json_and_plots(stiff, tmp_path, capsys):
     path = tmp_path / "results" / "stiff.json"
-    argv = ["--trajectories", "2", "--seconds", "0.2", "--test-trajectories", "2", "--epochs", "2",
-            "--batch-size", "20", "--repeats", "2", "--json", str(path), "--out", str(tmp_path / "plots")]
+    argv = [
+        "--trajectories",
+        "2",
+        "--seconds",
+        "0.2",
+        "--test-trajectories",
+        "2",
+        "--epochs",
+        "2",
+        "--batch-size",
+        "20",
+        "--repeats",
+        "2",
+        "--json",
+        str(path),
+        "--out",
+        str(tmp_path / "plots"),
+    ]
     returned = stiff.main(argv)
     report = json.loads(path.read_text())
 
@@ -40,8 +56,15 @@ def test_stiff_main_writes_json_and_plots(stiff, tmp_path, capsys):
     methods = report["methods"]
     assert list(methods) == ["tl_node", "taylor2", "rk4", "euler", "dopri5"]
     for name, result in methods.items():
-        for key in ("train_seconds", "step_ms", "final_train_loss", "one_step_mse", "rollout_rel_l2",
-                    "field_rel_error", "predict_ms"):
+        for key in (
+            "train_seconds",
+            "step_ms",
+            "final_train_loss",
+            "one_step_mse",
+            "rollout_rel_l2",
+            "field_rel_error",
+            "predict_ms",
+        ):
             assert isinstance(result[key], float) and math.isfinite(result[key]) and result[key] >= 0, (name, key)
         # The test-error curve starts before the first step and ends at the last one.
         assert result["curve"]["steps"][0] == 0 and result["curve"]["steps"][-1] == 4, name

@@ -52,10 +52,28 @@ def test_van_der_pol_data_pairs_follow_trajectories(vdp):
 
 def test_van_der_pol_main_writes_report_and_plots(vdp, tmp_path, capsys):
     path = tmp_path / "results" / "vdp.json"
-    argv = ["--trajectories", "2", "--seconds", "0.4", "--test-trajectories", "3", "--test-seconds", "0.3",
-            "--rollout-seconds", "0.2",
-            "--epochs", "2", "--batch-size", "8", "--steps-per-execution", "2",
-            "--json", str(path), "--out", str(tmp_path)]
+    argv = [
+        "--trajectories",
+        "2",
+        "--seconds",
+        "0.4",
+        "--test-trajectories",
+        "3",
+        "--test-seconds",
+        "0.3",
+        "--rollout-seconds",
+        "0.2",
+        "--epochs",
+        "2",
+        "--batch-size",
+        "8",
+        "--steps-per-execution",
+        "2",
+        "--json",
+        str(path),
+        "--out",
+        str(tmp_path),
+    ]
     returned = vdp.main(argv)
     report = json.loads(path.read_text())
 
@@ -66,8 +84,16 @@ def test_van_der_pol_main_writes_report_and_plots(vdp, tmp_path, capsys):
     assert set(config["jit_compile"]) == set(vdp.METHODS)
     assert list(report["methods"]) == list(vdp.METHODS)
     for name, result in report["methods"].items():
-        numbers = ("train_seconds", "nfe", "predict_ms", "final_train_loss", "one_step_mse", "rollout_rel_l2",
-                   "rollout_nfe_per_step", "field_rel_l2")
+        numbers = (
+            "train_seconds",
+            "nfe",
+            "predict_ms",
+            "final_train_loss",
+            "one_step_mse",
+            "rollout_rel_l2",
+            "rollout_nfe_per_step",
+            "field_rel_l2",
+        )
         assert set(result) == {"label", "curve", *numbers}, name
         for key in numbers:
             assert isinstance(result[key], float) and math.isfinite(result[key]) and result[key] >= 0, (name, key)

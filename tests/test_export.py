@@ -91,8 +91,12 @@ def sequential(layer):
 def encoder_ode_decoder():
     inputs = keras.Input((STATE,), name="state")
     latent = keras.layers.Dense(4, name="encoder")(inputs)
-    layer = ode(order=2, correction="vector", steps=3, vector_field=keras.Sequential(
-        [keras.layers.Dense(8, activation="tanh"), keras.layers.Dense(4)]))
+    layer = ode(
+        order=2,
+        correction="vector",
+        steps=3,
+        vector_field=keras.Sequential([keras.layers.Dense(8, activation="tanh"), keras.layers.Dense(4)]),
+    )
     return keras.Model(inputs, keras.layers.Dense(STATE, name="decoder")(layer(latent)))
 
 
@@ -147,12 +151,17 @@ def randomize(model: keras.Model, seed: int) -> None:
 def trajectory_reference(model: keras.Model, x: np.ndarray) -> np.ndarray:
     """The trajectory of the model's ODE layer from what feeds it, by an independent twin layer."""
     (layer,) = [
-        l for l in model._flatten_layers(include_self=False) if isinstance(l, (kt.TaylorLagrangeODE, kt.FixedStepODE))
+        sub
+        for sub in model._flatten_layers(include_self=False)
+        if isinstance(sub, (kt.TaylorLagrangeODE, kt.FixedStepODE))
     ]
     feed = keras.Model(model.input, layer.input) if not isinstance(model, keras.Sequential) else (lambda v: v)
     common = dict(
-        num_steps=layer.num_steps, duration=layer.duration, time_dependent=layer.time_dependent,
-        t_initial=layer.t_initial, return_trajectory=True,
+        num_steps=layer.num_steps,
+        duration=layer.duration,
+        time_dependent=layer.time_dependent,
+        t_initial=layer.t_initial,
+        return_trajectory=True,
     )
     if isinstance(layer, kt.FixedStepODE):
         twin = kt.FixedStepODE(layer.vector_field, method=layer.method, **common)
@@ -173,7 +182,7 @@ def predict(model: keras.Model, inputs: dict) -> dict:
     joined = np.concatenate(list(inputs.values()))
     outputs = model.predict(joined, batch_size=len(joined), verbose=0)
     splits = np.cumsum([len(x) for x in inputs.values()])[:-1]
-    return dict(zip(inputs, np.split(outputs, splits)))
+    return dict(zip(inputs, np.split(outputs, splits), strict=True))
 
 
 @pytest.fixture(scope="module")
@@ -274,7 +283,7 @@ def serve_elsewhere(cases: dict, directory) -> dict:
     )
     assert run.returncode == 0, run.stderr[-5000:]
     (line,) = [line for line in run.stdout.splitlines() if line.startswith("REPORT ")]
-    return json.loads(line[len("REPORT "):])
+    return json.loads(line[len("REPORT ") :])
 
 
 @pytest.fixture(scope="module")
@@ -391,7 +400,9 @@ def test_graph_walk_finds_the_teacher_in_the_training_step(exported):
     assert {"AssignVariableOp", "If", "IsFinite"} <= set(markers["training ops"])
 
 
-@pytest.mark.parametrize("name, captured", [("tlnode_trained", "_all_variables"), ("helper_encoder_trajectory", "_captured_variables")])
+@pytest.mark.parametrize(
+    "name, captured", [("tlnode_trained", "_all_variables"), ("helper_encoder_trajectory", "_captured_variables")]
+)
 def test_export_saves_the_model_weights_and_no_optimizer_state(name, captured, exported):
     case = exported[name]
     weights = sorted(tuple(w.shape) for w in case["model"].weights)
@@ -413,7 +424,10 @@ def test_tf_serving_layout_is_accepted_by_saved_model_cli(tmp_path):
     cli = os.path.join(os.path.dirname(sys.executable), "saved_model_cli")
     run = subprocess.run(
         [cli, "show", "--dir", str(tmp_path / "tlnode" / "1"), "--all"],
-        capture_output=True, text=True, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}, timeout=300,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
+        timeout=300,
     )
     assert run.returncode == 0, run.stderr[-3000:]
     signatures = run.stdout.split("signature_def['")
@@ -427,7 +441,9 @@ def test_tf_serving_layout_is_accepted_by_saved_model_cli(tmp_path):
 def test_export_saved_model_traces_each_endpoint_once(tmp_path, monkeypatch):
     traces = []
     call = kt.TaylorLagrangeODE.call
-    monkeypatch.setattr(kt.TaylorLagrangeODE, "call", lambda self, x, training=None: traces.append(1) or call(self, x, training))
+    monkeypatch.setattr(
+        kt.TaylorLagrangeODE, "call", lambda self, x, training=None: traces.append(1) or call(self, x, training)
+    )
     model = functional(ode(1, "vector"))
     kt.export_saved_model(model, tmp_path / "helper", trajectory=True)
     assert len(traces) == 2

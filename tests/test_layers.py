@@ -102,7 +102,12 @@ def test_remainder_penalty_is_added_in_training_only():
     a = np.array([[-1.0, 2.0], [0.0, -3.0]])
     order, num_steps, dt, weight = 1, 3, 0.1, 0.7
     layer = kt.TaylorLagrangeODE(
-        Linear(a, dtype="float64"), order=order, num_steps=num_steps, duration=num_steps * dt, remainder_weight=weight, dtype="float64"
+        Linear(a, dtype="float64"),
+        order=order,
+        num_steps=num_steps,
+        duration=num_steps * dt,
+        remainder_weight=weight,
+        dtype="float64",
     )
     x0 = np.array([[0.5, -1.0], [2.0, 0.3]])
     layer(x0, training=False)
@@ -165,7 +170,9 @@ def test_xla_matches_eager():
 def test_eager_and_graph_gradients_agree_with_finite_differences():
     """Reverse over nested forward, through the layer, in float64."""
     keras.utils.set_random_seed(4)
-    field = keras.Sequential([keras.layers.Dense(3, activation="tanh", dtype="float64"), keras.layers.Dense(2, dtype="float64")])
+    field = keras.Sequential(
+        [keras.layers.Dense(3, activation="tanh", dtype="float64"), keras.layers.Dense(2, dtype="float64")]
+    )
     layer = kt.TaylorLagrangeODE(field, order=2, num_steps=2, dtype="float64")
     x = tf.constant(np.random.default_rng(0).uniform(-1, 1, (3, 2)))
     layer(x)
@@ -268,9 +275,18 @@ def test_deprecated_spellings_still_work_and_warn():
 
 def test_configs_saved_by_0_1_load_with_the_new_names():
     # A 0.1 config: `t_final`, and the classical schemes inside TaylorLagrangeODE.
-    old = {"vector_field": keras.saving.serialize_keras_object(keras.layers.Dense(2)), "order": 1,
-           "num_steps": 2, "t_final": 0.5, "correction": None, "remainder_weight": 0.0,
-           "time_dependent": False, "return_trajectory": False, "method": "rk4", "t_initial": 0.0}
+    old = {
+        "vector_field": keras.saving.serialize_keras_object(keras.layers.Dense(2)),
+        "order": 1,
+        "num_steps": 2,
+        "t_final": 0.5,
+        "correction": None,
+        "remainder_weight": 0.0,
+        "time_dependent": False,
+        "return_trajectory": False,
+        "method": "rk4",
+        "t_initial": 0.0,
+    }
     with pytest.warns(DeprecationWarning, match="FixedStepODE"):
         classical = kt.TaylorLagrangeODE.from_config(old)
     assert type(classical) is kt.FixedStepODE and classical.duration == 0.5

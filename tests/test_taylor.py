@@ -10,7 +10,8 @@ differ between eager and graph execution.
 from __future__ import annotations
 
 import math
-from typing import Callable, NamedTuple
+from collections.abc import Callable
+from typing import NamedTuple
 
 import keras
 import numpy as np
@@ -49,7 +50,7 @@ def assert_rel_close(actual: np.ndarray, expected: np.ndarray, rtol: float, cont
     Normalised per order because magnitudes grow fast with the order (945 x^11).
     """
     assert actual.shape == expected.shape, context
-    for i, (a, e) in enumerate(zip(actual, expected)):
+    for i, (a, e) in enumerate(zip(actual, expected, strict=True)):
         error = np.max(np.abs(a - e)) / np.max(np.abs(e))
         assert error <= rtol, f"{context} entry {i}: relative error {error:.2e} > {rtol:.0e}"
 
@@ -137,7 +138,7 @@ def pendulum_truth(x: np.ndarray, order: int) -> np.ndarray:
         -(p**4) * s - 11 * p * p * s * c + 4 * s**3 - s,
     ]
     q_derivatives = [p, *p_derivatives[:-1]]
-    return np.stack([np.stack(pair, axis=1) for pair in zip(q_derivatives, p_derivatives)][: order + 1])
+    return np.stack([np.stack(pair, axis=1) for pair in zip(q_derivatives, p_derivatives, strict=True)][: order + 1])
 
 
 def tanh_truth(x: np.ndarray, order: int) -> np.ndarray:
@@ -169,7 +170,7 @@ def reuse_cube(z: tf.Tensor) -> tf.Tensor:
 
 
 def pow_cube(z: tf.Tensor) -> tf.Tensor:
-    return -z**3
+    return -(z**3)
 
 
 def gather_swap(z: tf.Tensor) -> tf.Tensor:
@@ -203,9 +204,7 @@ SMOOTH_FIELDS = {
 # Fields with an op TF's nested forward mode cannot differentiate beyond max_order.
 LIMITED_FIELDS = {
     "pow": Case(pow_cube, cubic_truth(-1.0), width=2, max_order=3, failing_line="return -z**3"),
-    "gather": Case(
-        gather_swap, linear_truth(SWAP), width=2, max_order=3, failing_line="tf.gather(z, [1, 0], axis=1)"
-    ),
+    "gather": Case(gather_swap, linear_truth(SWAP), width=2, max_order=3, failing_line="tf.gather(z, [1, 0], axis=1)"),
     "slice": Case(
         slice_rotate, linear_truth(ROTATE), width=3, max_order=4, failing_line="tf.concat([z[:, 1:], -z[:, :1]], 1)"
     ),
@@ -265,7 +264,8 @@ def test_limited_field_correct_up_to_supported_order(name: str, order: int, mode
 
 
 @pytest.mark.parametrize(
-    "name", ["pow", "gather", "slice", pytest.param("tanh", marks=pytest.mark.slow)]  # tanh: ~17 s to fail
+    "name",
+    ["pow", "gather", "slice", pytest.param("tanh", marks=pytest.mark.slow)],  # tanh: ~17 s to fail
 )
 def test_unsupported_order_raises_not_implemented(name: str) -> None:
     case = LIMITED_FIELDS[name]
@@ -401,7 +401,7 @@ def test_gradient_wrt_weights_matches_finite_differences(mode: str) -> None:
         tape_gradient = tf.function(tape_gradient, jit_compile=mode == "xla", autograph=False)
     actual = [g.numpy() for g in tape_gradient(x)]
     expected = finite_difference_gradient(layer, x)
-    for a, e in zip(actual, expected):
+    for a, e in zip(actual, expected, strict=True):
         np.testing.assert_allclose(a, e, rtol=1e-6, atol=1e-6 * np.max(np.abs(e)))
 
 

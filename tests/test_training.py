@@ -78,9 +78,9 @@ def test_correction_phase_runs_every_n_steps_and_only_on_corrections():
         field_before = _weights(ode.vector_field)
         model.train_on_batch(x[:16], y[:16])
         after = _weights(ode.correction)
-        changes.append(any(not np.array_equal(a, b) for a, b in zip(correction, after)))
+        changes.append(any(not np.array_equal(a, b) for a, b in zip(correction, after, strict=True)))
         correction = after
-        assert any(not np.array_equal(a, b) for a, b in zip(field_before, _weights(ode.vector_field)))
+        assert any(not np.array_equal(a, b) for a, b in zip(field_before, _weights(ode.vector_field), strict=True))
     assert changes == [False, False, True, False, False, True]
     assert int(model.correction_optimizer.iterations) == 2
     assert int(model.optimizer.iterations) == 6
@@ -98,7 +98,7 @@ def test_model_without_correction_trains_like_a_plain_keras_model():
         model.fit(x, y, batch_size=16, epochs=2, verbose=0, shuffle=False)
         return model.get_weights()
 
-    for ours, plain in zip(train(kt.TLNODEModel), train(keras.Model)):
+    for ours, plain in zip(train(kt.TLNODEModel), train(keras.Model), strict=True):
         np.testing.assert_allclose(ours, plain, rtol=1e-6, atol=1e-7)
 
 
@@ -112,7 +112,7 @@ def test_teacher_failure_skips_the_update_and_is_counted():
     history = model.fit(x, y, batch_size=16, epochs=1, verbose=0)
     assert history.history["teacher_failures"] == [4.0]
     assert history.history["correction_loss"] == [0.0]
-    for before, after in zip(correction, _weights(ode.correction)):
+    for before, after in zip(correction, _weights(ode.correction), strict=True):
         np.testing.assert_array_equal(before, after)
     assert int(model.correction_optimizer.iterations) == 0
     assert np.isfinite(history.history["loss"][0])
@@ -147,8 +147,8 @@ def test_nested_and_several_tl_layers_all_get_corrected():
     before = [_weights(first.correction), _weights(second.correction)]
     history = model.fit(x, y, batch_size=16, epochs=2, verbose=0)
     after = [_weights(first.correction), _weights(second.correction)]
-    for old, new in zip(before, after):
-        assert any(not np.array_equal(a, b) for a, b in zip(old, new))
+    for old, new in zip(before, after, strict=True):
+        assert any(not np.array_equal(a, b) for a, b in zip(old, new, strict=True))
     assert history.history["nfe"][-1] == first.nfe + second.nfe
 
 
@@ -249,7 +249,10 @@ def test_jit_compile_matches_graph_training():
         keras.utils.set_random_seed(6)
         inputs = keras.Input((2,))
         ode = kt.TaylorLagrangeODE(
-            keras.layers.Dense(2), duration=0.01, correction=kt.MidpointCorrection(hidden_units=(4,)), remainder_weight=0.1
+            keras.layers.Dense(2),
+            duration=0.01,
+            correction=kt.MidpointCorrection(hidden_units=(4,)),
+            remainder_weight=0.1,
         )
         model = kt.TLNODEModel(inputs, ode(inputs))
         model.compile(
@@ -266,6 +269,6 @@ def test_jit_compile_matches_graph_training():
     graph, graph_history = train(False)
     xla, xla_history = train(True)
     assert int(xla.correction_optimizer.iterations.numpy()) == 2
-    for a, b in zip(graph.get_weights(), xla.get_weights()):
+    for a, b in zip(graph.get_weights(), xla.get_weights(), strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(graph_history["loss"], xla_history["loss"], rtol=1e-5)

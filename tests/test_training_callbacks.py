@@ -110,7 +110,7 @@ def _state(model: keras.Model) -> dict:
 
 def _assert_weights_close(actual: list, expected: list, atol: float = 1e-6) -> None:
     assert len(actual) == len(expected)
-    for a, e in zip(actual, expected):
+    for a, e in zip(actual, expected, strict=True):
         np.testing.assert_allclose(a, e, rtol=1e-6, atol=atol)
 
 
@@ -118,7 +118,7 @@ def _assert_optimizer_state_equal(actual: list, expected: list, name: str) -> No
     assert len(actual) == len(expected), (
         f"{name}: {len(actual)} variables after the restore, {len(expected)} in the interrupted run"
     )
-    for i, (a, e) in enumerate(zip(actual, expected)):
+    for i, (a, e) in enumerate(zip(actual, expected, strict=True)):
         np.testing.assert_allclose(a, e, rtol=1e-6, atol=1e-7, err_msg=f"{name} variable {i}")
 
 
@@ -133,7 +133,7 @@ def reference() -> dict:
     assert state["iterations"] == EPOCHS * STEPS_PER_EPOCH
     assert state["correction_iterations"] == EPOCHS * STEPS_PER_EPOCH // CORRECTION_EVERY * CORRECTION_STEPS
     initial = _correction_weights(_model())
-    assert max(np.abs(a - b).max() for a, b in zip(_correction_weights(model), initial)) > 1e-3
+    assert max(np.abs(a - b).max() for a, b in zip(_correction_weights(model), initial, strict=True)) > 1e-3
     return state
 
 
@@ -219,7 +219,7 @@ def test_model_checkpoint_weights_only_round_trip(checkpoints):
     path = checkpoints["paths"]["last.weights.h5"]
     assert path.exists()
     fresh = _model(seed=1)
-    assert any(not np.allclose(a, b) for a, b in zip(fresh.get_weights(), model.get_weights()))
+    assert any(not np.allclose(a, b) for a, b in zip(fresh.get_weights(), model.get_weights(), strict=True))
     fresh.load_weights(path)
     _assert_weights_close(fresh.get_weights(), model.get_weights(), atol=0)
     np.testing.assert_allclose(fresh.predict(x, verbose=0), model.predict(x, verbose=0), rtol=1e-6, atol=1e-7)
@@ -328,7 +328,7 @@ def nan_on_a_correction_step(marker: str) -> dict:
         "correction_iterations": int(model.correction_optimizer.iterations),
         "teacher_failures": float(history.history["teacher_failures"][0]),
         "corrections_finite": all(bool(np.isfinite(w).all()) for w in final),
-        "corrections_unchanged": all(bool(np.array_equal(a, b)) for a, b in zip(final, initial)),
+        "corrections_unchanged": all(bool(np.array_equal(a, b)) for a, b in zip(final, initial, strict=True)),
     }
 
 
@@ -341,8 +341,7 @@ def test_nan_on_a_correction_step_skips_the_correction_update(tmp_path):
     env["PYTHONPATH"] = os.pathsep.join(p for p in (tests, env.get("PYTHONPATH")) if p)
     marker, out, err = tmp_path / "fitting", tmp_path / "stdout", tmp_path / "stderr"
     script = (
-        "import json, sys, test_training_callbacks as t\n"
-        "print(json.dumps(t.nan_on_a_correction_step(sys.argv[1])))"
+        "import json, sys, test_training_callbacks as t\nprint(json.dumps(t.nan_on_a_correction_step(sys.argv[1])))"
     )
     with open(out, "w") as stdout, open(err, "w") as stderr:
         process = subprocess.Popen(

@@ -21,7 +21,9 @@ def spiral_pairs(n: int = 64, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
 def tl_model(remainder_weight: float = 1e-2, field: keras.layers.Layer | None = None, **compile_kwargs):
     keras.utils.set_random_seed(0)
     ode = kt.TaylorLagrangeODE(
-        field or keras.layers.Dense(2), duration=DT, remainder_weight=remainder_weight,
+        field or keras.layers.Dense(2),
+        duration=DT,
+        remainder_weight=remainder_weight,
         correction=kt.MidpointCorrection(hidden_units=(4,)),
     )
     inputs = keras.Input((2,))
@@ -56,8 +58,9 @@ def test_mixed_precision_trains_like_float32(mixed_precision):
 
 def plain_model() -> keras.Model:
     keras.utils.set_random_seed(0)
-    ode = kt.TaylorLagrangeODE(keras.layers.Dense(2), duration=DT, remainder_weight=1e-2,
-                               correction=kt.MidpointCorrection(hidden_units=(4,)))
+    ode = kt.TaylorLagrangeODE(
+        keras.layers.Dense(2), duration=DT, remainder_weight=1e-2, correction=kt.MidpointCorrection(hidden_units=(4,))
+    )
     inputs = keras.Input((2,))
     model = keras.Model(inputs, ode(inputs))
     model.compile(optimizer=keras.optimizers.SGD(0.5), loss="mse")
@@ -99,8 +102,13 @@ def test_a_shared_layer_is_corrected_on_the_inputs_of_all_its_calls():
     ode = kt.TaylorLagrangeODE(keras.layers.Dense(2), duration=DT, correction=kt.MidpointCorrection(hidden_units=(4,)))
     first, second = keras.Input((2,)), keras.Input((2,))
     model = kt.TLNODEModel([first, second], keras.layers.Concatenate()([ode(first), ode(second)]))
-    model.compile(optimizer="sgd", loss="mse", correction_every=1, teacher_samples=None,
-                  teacher=CheckingTeacher(jit_compile=False))
+    model.compile(
+        optimizer="sgd",
+        loss="mse",
+        correction_every=1,
+        teacher_samples=None,
+        teacher=CheckingTeacher(jit_compile=False),
+    )
     x, y = spiral_pairs(2 * batch)
     model.fit([x[:batch], x[batch:]], np.concatenate([y[:batch], y[batch:]], axis=1), batch_size=batch, verbose=0)
     assert int(model.correction_optimizer.iterations) == model.correction_steps
@@ -140,7 +148,9 @@ def test_a_user_subclass_builds_functionally_trains_saves_and_reloads(tmp_path):
     for _ in range(2):  # the second build once failed with an MRO error
         keras.utils.set_random_seed(0)
         inputs = keras.Input((2,))
-        ode = kt.TaylorLagrangeODE(keras.layers.Dense(2), duration=DT, correction=kt.MidpointCorrection(hidden_units=(4,)))
+        ode = kt.TaylorLagrangeODE(
+            keras.layers.Dense(2), duration=DT, correction=kt.MidpointCorrection(hidden_units=(4,))
+        )
         model = MyModel(inputs, ode(inputs))
         assert isinstance(model, MyModel) and model.marker() == "mine"
     plain = keras.Model(inputs, inputs)  # Keras's own classes are untouched
