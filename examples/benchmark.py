@@ -169,19 +169,18 @@ def matched_latency(name: str, batch: int, repeats: int, epochs: int) -> dict:
             "ms": 1e3 * harness.median_seconds(tl_predict, tests),
         },
         "taylor2_error": harness.relative_l2(plain(tests[0]).numpy(), truth),
-        "dopri5": [],
+        "dopri": [],
     }
     for tolerance in TOLERANCES:
         layer = keras_tlnode.DormandPrinceODE(field, duration=dt, rtol=tolerance, atol=tolerance)
-        # Under XLA, its fastest setting here (e.g. 1.1 vs 6.8 ms per batch of 500
-        # at 1e-6 on the stiff system, 2 cores, 2026-11-28).
+        # Under XLA, its fastest setting here.
         solve = tf.function(layer.solve, jit_compile=True)
         states, nfe, _ = solve(tests[0])
         row = {"tolerance": tolerance, "error": harness.relative_l2(states.numpy(), truth), "nfe": int(nfe)}
         row["ms"] = 1e3 * harness.median_seconds(lambda s, solve=solve: solve(s).states, tests)
-        result["dopri5"].append(row)
-    as_accurate = [row for row in result["dopri5"] if row["error"] <= result["tl_node"]["error"]]
-    matched = as_accurate[0] if as_accurate else min(result["dopri5"], key=lambda row: row["error"])
+        result["dopri"].append(row)
+    as_accurate = [row for row in result["dopri"] if row["error"] <= result["tl_node"]["error"]]
+    matched = as_accurate[0] if as_accurate else min(result["dopri"], key=lambda row: row["error"])
     result["matched"] = {
         "tolerance": matched["tolerance"],
         "reached": bool(as_accurate),
@@ -198,7 +197,7 @@ def print_latency(name: str, result: dict, batch: int) -> None:
         f"    TL-NODE (order 1 + correction)  error {tl['error']:.2e}  nfe {tl['nfe']:4d}  {tl['ms']:7.2f} ms"
         f"   (uncorrected Taylor 2: error {result['taylor2_error']:.2e})"
     )
-    for row in result["dopri5"]:
+    for row in result["dopri"]:
         print(
             f"    DormandPrince tol {row['tolerance']:.0e}     error {row['error']:.2e}  nfe {row['nfe']:4d}  "
             f"{row['ms']:7.2f} ms  ({row['ms'] / tl['ms']:.1f}x TL-NODE)"
@@ -232,14 +231,9 @@ def stiff_training_model(method: str, jit_compile: bool, steps_per_execution: in
         jit_compile=jit_compile,
         steps_per_execution=steps_per_execution,
     )
-    if method == "tl_node":
-        ode = keras_tlnode.TaylorLagrangeODE(field, order=1, duration=DT, correction=keras_tlnode.MidpointCorrection())
-        model = keras_tlnode.TLNODEModel(inputs, ode(inputs))
-        model.compile(**options, **compile_kwargs)
-    else:
-        ode = keras_tlnode.DormandPrinceODE(field, duration=DT, rtol=BASELINE_TOLERANCE, atol=BASELINE_TOLERANCE)
-        model = keras.Model(inputs, ode(inputs))
-        model.compile(**options)
+    ode = harness.ode_layer(method, field, DT, tolerance=BASELINE_TOLERANCE)
+    model = harness.model_class(method)(inputs, ode(inputs))
+    model.compile(**options, **compile_kwargs)
     return model
 
 
@@ -261,7 +255,7 @@ def ms_per_step(model: keras.Model, dataset: tf.data.Dataset, steps: int, repeat
 TEACHER_SETTINGS = [(1e-4, "float64"), (1e-6, "float32"), (1e-6, "float64"), (1e-8, "float64")]
 
 
-def teacher_accuracy(samples: int, repeats: int) -> list[dict]:
+def teacher_accuracy(samples: int, repeats: int, settings: list = TEACHER_SETTINGS) -> list[dict]:
     """The teacher's targets against the exact flow on the stiff system (f = A), and ms per solve, per setting."""
     from stiff_dynamics import DT, exact_propagator
 
@@ -270,7 +264,7 @@ def teacher_accuracy(samples: int, repeats: int) -> list[dict]:
     truth = batches[0].astype("float64") @ exact_propagator(DT).T
     field = stiff_field()
     rows = []
-    for tolerance, dtype in TEACHER_SETTINGS:
+    for tolerance, dtype in settings:
         for jit_compile in (False, True):
             teacher = keras_tlnode.DormandPrinceTeacher(tolerance, tolerance, dtype=dtype, jit_compile=jit_compile)
             solve = tf.function(lambda x, teacher=teacher: teacher.solve(field, x, DT))
@@ -296,9 +290,14 @@ def teacher_accuracy(samples: int, repeats: int) -> list[dict]:
 
 
 def training_step_cost(
-    steps: int, settings: tuple[str, ...] = tuple(SETTINGS), teacher_repeats: int = 10, warmup: int = 20
+    steps: int,
+    settings: tuple[str, ...] = tuple(SETTINGS),
+    teacher_repeats: int = 10,
+    warmup: int = 20,
+    teacher_settings: list = TEACHER_SETTINGS,
 ) -> dict:
-    """ms per step of TL-NODE (defaults, and its split) and of DormandPrince, per setting (names of SETTINGS)."""
+    """ms per step of TL-NODE (defaults, and its split) and of DormandPrince, per setting (names of SETTINGS),
+    and the teacher's accuracy per `teacher_settings` ((tolerance, dtype) pairs)."""
     from stiff_dynamics import DT, exact_propagator
 
     x = np.random.default_rng(0).uniform(-0.5, 0.5, (TRAIN_BATCH * 16, 2)).astype("float32")
@@ -310,7 +309,7 @@ def training_step_cost(
         "correction_every": every,
         "correction_steps": updates,
         "settings": {},
-        "teacher": teacher_accuracy(defaults.teacher_samples, repeats=teacher_repeats),
+        "teacher": teacher_accuracy(defaults.teacher_samples, teacher_repeats, teacher_settings),
     }
     for name in settings:
         jit_compile, per_execution = SETTINGS[name]

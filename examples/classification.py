@@ -21,21 +21,10 @@ weights of f_θ and of the head, batches, optimiser and epochs:
     taylor2   TaylorLagrangeODE(order=1, 2 steps) (Taylor method of degree 2, no correction)
     rk4       FixedStepODE(method="rk4", 2 steps)
 
-Baseline tolerance: rtol = atol = 1e-7 (the paper's is 1.4e-8;
-the baseline solves in float32, as tfp's adjoint needs the weights' dtype).
-Measured on f_θ trained by the baseline in quick mode (seeds 0 and 1), on the
-test set in 4 batches: RMS error of the final states (RMS 1.8 and 2.0) against
-a float64-controlled solve at 1e-11, and mean f-evaluations per solve:
-
-    rtol = atol     1e-5      1e-6      1e-7      3e-8      1.4e-8    1e-9
-    RMS error       4.9e-5    2.9e-6    8.7e-7    1.4e-6    2.3e-7    9.5e-7   (seed 0)
-                    3.8e-5    2.5e-6    3.2e-7    2.1e-7    2.5e-7    1.2e-6   (seed 1)
-    nfe             50 / 51   72 / 66   93 / 90   114 / 108 135 / 120 192 / 186
-
-Down to 1e-7 the error falls 3-17x per decade; below it, it stays at float32's
-round-off level (about 1e-7 of the states, up to 4x better or worse from one
-tolerance to the next) while the NFE grows 1.3-2x, so 1e-7 is the tightest
-meaningful tolerance. The test accuracy was the same at every tolerance.
+Baseline tolerance: rtol = atol = 1e-7 (the paper's is 1.4e-8; the baseline
+solves in float32, as tfp's adjoint needs the weights' dtype): the tightest
+tolerance whose solve is more accurate than a looser one's, measured in
+docs/results.md ("How the examples' settings were chosen").
 
 TL-NODE's correction Γ_φ is fitted with the package's default schedule and
 teacher (`TLNODEModel.compile`: every 5 steps, 4 updates per DormandPrince solve
@@ -51,11 +40,9 @@ DormandPrince the mean over the test batches). Printed as a table, written as
 JSON (--json) and as a PNG bar chart of the scores relative to the baseline,
 as in the paper's Figure 1, in --out.
 
-XLA: training runs without it for every method. With this time-dependent f_θ,
-XLA cannot train the Taylor layers (the gradient of their forward-mode
-derivative of the concatenation has no XLA gradient), and it made the training
-steps of DormandPrince (about 2x) and RK4 slower on 2 CPU cores. Inference runs
-under XLA for every method, where it was faster for each. Every method runs
+XLA: training runs without it for every method (with this time-dependent f_θ,
+XLA cannot train the Taylor layers: the forward-mode derivative of the
+concatenation has no XLA gradient); inference runs under XLA for every method. Every method runs
 `steps_per_execution` (default 10) steps per call of Keras's train function.
 
 Usage:
@@ -89,7 +76,7 @@ NUM_CLASSES = 10
 HIDDEN_UNITS = 100
 CORRECTION_UNITS = (32,)
 NUM_STEPS = 2
-T_FINAL = 1.0
+DURATION = 1.0
 REMAINDER_WEIGHT = 10.0
 # Adam with exponential decay from the first to the second over the run. The
 # paper's code trains MNIST at 1e-2 for 160 epochs (96000 steps); quick mode
@@ -214,20 +201,18 @@ def head(dim: int) -> keras.Model:
 
 
 def build_ode(method: str, field: keras.Model, tolerance: float) -> keras.layers.Layer:
-    """The ODE layer of `method` around `field`, over t ∈ [0, T_FINAL]."""
-    interval = dict(duration=T_FINAL, time_dependent=True)
-    if method == "tl_node":
-        correction = keras_tlnode.MidpointCorrection(mode="vector", hidden_units=CORRECTION_UNITS)
-        return keras_tlnode.TaylorLagrangeODE(
-            field, order=1, num_steps=NUM_STEPS, correction=correction, remainder_weight=REMAINDER_WEIGHT, **interval
-        )
-    if method == "taylor2":
-        return keras_tlnode.TaylorLagrangeODE(field, order=1, num_steps=NUM_STEPS, **interval)
-    if method == "rk4":
-        return keras_tlnode.FixedStepODE(field, method="rk4", num_steps=NUM_STEPS, **interval)
-    if method == "dopri":
-        return keras_tlnode.DormandPrinceODE(field, rtol=tolerance, atol=tolerance, **interval)
-    raise ValueError(f"unknown method {method!r}; choose from {sorted(METHODS)}")
+    """The ODE layer of `method` around `field`, over t ∈ [0, DURATION]."""
+    steps = {} if method == "dopri" else {"num_steps": NUM_STEPS}
+    return harness.ode_layer(
+        method,
+        field,
+        DURATION,
+        correction=keras_tlnode.MidpointCorrection(hidden_units=CORRECTION_UNITS),
+        remainder_weight=REMAINDER_WEIGHT,
+        tolerance=tolerance,
+        time_dependent=True,
+        **steps,
+    )
 
 
 def build_network(method: str, dim: int, seed: int, tolerance: float) -> Network:
@@ -237,8 +222,7 @@ def build_network(method: str, dim: int, seed: int, tolerance: float) -> Network
     field, classifier = vector_field(dim), head(dim)
     ode = build_ode(method, field, tolerance)
     inputs = keras.Input((dim,))
-    model_class = keras_tlnode.TLNODEModel if method == "tl_node" else keras.Model
-    return Network(model_class(inputs, classifier(ode(inputs))), ode, classifier)
+    return Network(harness.model_class(method)(inputs, classifier(ode(inputs))), ode, classifier)
 
 
 def compile_network(network: Network, method: str, config: dict) -> None:
@@ -327,7 +311,7 @@ def relative_scores(results: dict) -> dict[str, dict[str, float]]:
 
 
 def comparisons(results: dict) -> dict:
-    """The issue's targets, as measured (when TL-NODE ran)."""
+    """TL-NODE's ratios against the baseline (when both ran)."""
     tl, baseline = results.get("tl_node"), results[BASELINE]
     if tl is None:
         return {}
@@ -423,7 +407,7 @@ def make_config(args: argparse.Namespace, data: Data) -> dict:
         "steps_per_execution": args.steps_per_execution,
         "seed": args.seed,
         "num_steps": NUM_STEPS,
-        "duration": T_FINAL,
+        "duration": DURATION,
         "learning_rate": list(LEARNING_RATE),
         "remainder_weight": REMAINDER_WEIGHT,
         "correction_units": list(CORRECTION_UNITS),

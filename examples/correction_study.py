@@ -48,8 +48,6 @@ import numpy as np
 import stiff_dynamics
 import van_der_pol
 
-import keras_tlnode
-
 MODES = {"quick": {"steps": 300, "pairs": 2048}, "full": {"steps": 4000, "pairs": 16384}}
 BATCH_SIZE = 256
 TEST_PAIRS = 2048
@@ -158,25 +156,12 @@ def make_data(system: System, pairs: int, seed: int) -> dict:
     }
 
 
-def build_ode(method: str, field: keras.layers.Layer, dt: float) -> keras.layers.Layer:
-    if method == "tl_node":
-        return keras_tlnode.TaylorLagrangeODE(field, order=1, duration=dt, correction=keras_tlnode.MidpointCorrection())
-    if method == "taylor2":
-        return keras_tlnode.TaylorLagrangeODE(field, order=1, duration=dt)
-    if method == "rk4":
-        return keras_tlnode.FixedStepODE(field, method="rk4", duration=dt)
-    if method == "dopri":
-        return keras_tlnode.DormandPrinceODE(field, duration=dt, rtol=BASELINE_TOLERANCE, atol=BASELINE_TOLERANCE)
-    raise ValueError(f"unknown method {method!r}; choose from {sorted(METHODS)}")
-
-
 def run(system: System, method: str, data: dict, config: dict, label: str) -> dict:
     keras.utils.set_random_seed(config["seed"])
     field = system.make_field()
-    ode = build_ode(method, field, system.dt)
+    ode = harness.ode_layer(method, field, system.dt, tolerance=BASELINE_TOLERANCE)
     inputs = keras.Input((2,))
-    model_class = keras_tlnode.TLNODEModel if method == "tl_node" else keras.Model
-    model = model_class(inputs, ode(inputs))
+    model = harness.model_class(method)(inputs, ode(inputs))
     # Package defaults for everything TL-NODE-specific unless overridden on the
     # command line; only f_θ's optimiser is the study's.
     options = config["tl_options"] if method == "tl_node" else {}

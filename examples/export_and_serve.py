@@ -39,7 +39,7 @@ import tensorflow as tf
 import keras_tlnode
 
 DAMPING = 0.2
-T_FINAL = 0.2
+DURATION = 0.2
 NUM_STEPS = 2
 STATE_RANGE = 2.0
 MODEL_NAME = "tlnode"
@@ -77,7 +77,7 @@ def pendulum(x: np.ndarray) -> np.ndarray:
 def make_data(rng: np.random.Generator, samples: int) -> tuple[np.ndarray, np.ndarray]:
     x = rng.uniform(-STATE_RANGE, STATE_RANGE, (samples, 2))
     # Fine float64 RK4 (substeps of at most 1e-3 s, error ~1e-12 here): the ground truth.
-    return x.astype("float32"), harness.rk4_flow(pendulum, x, T_FINAL, max_substep=1e-3).astype("float32")
+    return x.astype("float32"), harness.rk4_flow(pendulum, x, DURATION, max_substep=1e-3).astype("float32")
 
 
 # ------------------------------------------------------------------- the model
@@ -100,7 +100,7 @@ def build_model(order: int = 1, state: int = 2, width: int = 32) -> keras.Model:
         vector_field(state, width),
         order=order,
         num_steps=NUM_STEPS,
-        duration=T_FINAL,
+        duration=DURATION,
         correction=keras_tlnode.MidpointCorrection(hidden_units=(16,)),
         remainder_weight=1e-3,
         name="ode",
@@ -260,7 +260,7 @@ def main(argv: list[str] | None = None) -> dict:
     }
     for tolerance, dtype in ((1e-8, "float64"), (1e-5, "float32")):
         # `solve` runs in its inputs' dtype; f itself stays float32.
-        layer = keras_tlnode.DormandPrinceODE(ode.vector_field, duration=T_FINAL, rtol=tolerance, atol=tolerance)
+        layer = keras_tlnode.DormandPrinceODE(ode.vector_field, duration=DURATION, rtol=tolerance, atol=tolerance)
         function = tf.function(lambda t, layer=layer, dtype=dtype: layer.solve(tf.cast(t, dtype)))
         nfe = int(function(tensor).nfe)
         solvers[f"DormandPrince rtol=atol={tolerance:g} ({dtype})"] = (

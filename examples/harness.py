@@ -1,4 +1,4 @@
-"""What the examples share: the run environment, timing, progress lines, test-error curves, tables, JSON, plots.
+"""What the examples share: the methods' models, the run environment, timing, progress lines, curves, tables, JSON, plots.
 
 Each example is a script (`python examples/<name>.py`), so this module is
 imported as a sibling; nothing here is part of the keras_tlnode package.
@@ -55,6 +55,51 @@ def example_parser(description: str, quick_help: str, full_help: str) -> argpars
     parser.add_argument("--json", metavar="PATH", help="also write the results as JSON to PATH")
     parser.add_argument("--out", metavar="DIR", default=".", help="directory for the PNG plots (default: .)")
     return parser
+
+
+# The methods every example compares, by one name each.
+METHOD_LAYERS = {
+    "tl_node": "TaylorLagrangeODE(order=1, correction=MidpointCorrection()), trained by TLNODEModel (TL-NODE)",
+    "taylor2": "TaylorLagrangeODE(order=1) without correction: the Taylor method of degree 2",
+    "rk4": 'FixedStepODE(method="rk4")',
+    "euler": 'FixedStepODE(method="euler")',
+    "dopri": "DormandPrinceODE: adaptive, gradients by the adjoint (the classic neural ODE, the baseline)",
+}
+
+
+def ode_layer(
+    method: str,
+    field: keras.layers.Layer,
+    duration: float,
+    *,
+    correction: keras_tlnode.MidpointCorrection | None = None,
+    remainder_weight: float = 0.0,
+    tolerance: float = 1e-6,
+    **common,
+) -> keras.layers.Layer:
+    """The ODE layer of `method` (a key of METHOD_LAYERS) around `field`: the one way the examples build it.
+
+    `correction` (default `MidpointCorrection()`) and `remainder_weight` apply to
+    "tl_node" only, `tolerance` (rtol = atol) to "dopri" only; `common` (e.g.
+    `num_steps`, `time_dependent`) goes to every layer.
+    """
+    if method == "tl_node":
+        correction = correction or keras_tlnode.MidpointCorrection()
+        return keras_tlnode.TaylorLagrangeODE(
+            field, order=1, duration=duration, correction=correction, remainder_weight=remainder_weight, **common
+        )
+    if method == "taylor2":
+        return keras_tlnode.TaylorLagrangeODE(field, order=1, duration=duration, **common)
+    if method in ("rk4", "euler"):
+        return keras_tlnode.FixedStepODE(field, method=method, duration=duration, **common)
+    if method == "dopri":
+        return keras_tlnode.DormandPrinceODE(field, duration=duration, rtol=tolerance, atol=tolerance, **common)
+    raise ValueError(f"unknown method {method!r}; choose from {sorted(METHOD_LAYERS)}")
+
+
+def model_class(method: str) -> type[keras.Model]:
+    """TLNODEModel for TL-NODE (its correction needs the teacher phase), keras.Model for the others."""
+    return keras_tlnode.TLNODEModel if method == "tl_node" else keras.Model
 
 
 def check_flags(parser: argparse.ArgumentParser, args: argparse.Namespace, at_least_one: tuple[str, ...]) -> None:

@@ -14,7 +14,7 @@ weights, schedule and epochs:
     taylor2   TaylorLagrangeODE(order=1)                  (Taylor method of degree 2)
     rk4       FixedStepODE(method="rk4")
     euler     FixedStepODE(method="euler")
-    dopri5    DormandPrinceODE (adaptive; the classic neural ODE, the baseline)
+    dopri    DormandPrinceODE (adaptive; the classic neural ODE, the baseline)
 
 Model: f_θ = Dense(64) → Dense(2), no activation. TL-NODE uses the package's
 defaults throughout: `MidpointCorrection()` (vector Γ starting at 1/(p+2) = 1/3,
@@ -51,8 +51,6 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-import keras_tlnode
-
 DT = 0.01
 EIGENVALUES = np.array([-1000.0, -1.0])
 P = np.array([[3.0, 1.0], [1.0, -2.0]])
@@ -78,12 +76,11 @@ METHODS = {
     "taylor2": "Taylor degree 2",
     "rk4": "RK4",
     "euler": "Euler",
-    "dopri5": "DormandPrince (baseline)",
+    "dopri": "DormandPrince (baseline)",
 }
 # Every method trains and predicts under XLA (order-1 Taylor steps compile
-# once; README, "XLA"). Steady-state ms per step on 2 cores, 2026-11-28, an
-# untrained f, XLA vs graph: TL-NODE 3.1 vs 4.1, RK4 1.6 vs 2.1, Euler 1.1 vs
-# 2.1, DormandPrince 2.8 vs 7.2.
+# once), the fastest setting of each (docs/results.md, "How the examples'
+# settings were chosen").
 JIT_COMPILE = True
 
 
@@ -134,25 +131,15 @@ def vector_field(seed: int) -> keras.Sequential:
     return field
 
 
-def build_ode(method: str, field: keras.layers.Layer, remainder_weight: float) -> keras.layers.Layer:
-    """The one-step layer of `method` around `field`."""
-    if method == "tl_node":
-        correction = keras_tlnode.MidpointCorrection()
-        return keras_tlnode.TaylorLagrangeODE(
-            field, order=1, duration=DT, correction=correction, remainder_weight=remainder_weight
-        )
-    if method == "taylor2":
-        return keras_tlnode.TaylorLagrangeODE(field, order=1, duration=DT)
-    if method in ("rk4", "euler"):
-        return keras_tlnode.FixedStepODE(field, method=method, duration=DT)
-    if method == "dopri5":
-        return keras_tlnode.DormandPrinceODE(field, duration=DT, rtol=BASELINE_TOLERANCE, atol=BASELINE_TOLERANCE)
-    raise ValueError(f"unknown method {method!r}; choose from {sorted(METHODS)}")
-
-
 def build_model(method: str, config: dict) -> tuple[keras.Model, keras.layers.Layer]:
     """The compiled one-step model of `method` and its ODE layer."""
-    ode = build_ode(method, vector_field(config["seed"]), config["remainder_weight"])
+    ode = harness.ode_layer(
+        method,
+        vector_field(config["seed"]),
+        DT,
+        remainder_weight=config["remainder_weight"],
+        tolerance=BASELINE_TOLERANCE,
+    )
     inputs = keras.Input((2,))
     options = dict(
         optimizer=harness.decaying_adam(*LEARNING_RATE, config["total_steps"]),
@@ -160,12 +147,8 @@ def build_model(method: str, config: dict) -> tuple[keras.Model, keras.layers.La
         jit_compile=JIT_COMPILE,
         steps_per_execution=config["steps_per_execution"],
     )
-    if method == "tl_node":
-        model = keras_tlnode.TLNODEModel(inputs, ode(inputs))
-        model.compile(**options)  # the package's correction schedule, optimizer and teacher
-    else:
-        model = keras.Model(inputs, ode(inputs))
-        model.compile(**options)
+    model = harness.model_class(method)(inputs, ode(inputs))
+    model.compile(**options)  # TL-NODE: the package's correction schedule, optimizer and teacher
     return model, ode
 
 
@@ -229,14 +212,14 @@ def run_method(method: str, data: dict, config: dict, position: str) -> dict:
 
 
 def comparisons(results: dict) -> dict:
-    """The issue's targets as measured ratios (only between methods that ran)."""
+    """TL-NODE's ratios against the other methods (only between methods that ran)."""
     ratios = {}
-    tl, baseline = results.get("tl_node"), results.get("dopri5")
+    tl, baseline = results.get("tl_node"), results.get("dopri")
     if tl and baseline:
-        ratios["train_speedup_vs_dopri5"] = baseline["train_seconds"] / tl["train_seconds"]
-        ratios["step_speedup_vs_dopri5"] = baseline["step_ms"] / tl["step_ms"]
-        ratios["one_step_mse_tl_node_over_dopri5"] = tl["one_step_mse"] / baseline["one_step_mse"]
-        ratios["predict_speedup_vs_dopri5"] = baseline["predict_ms"] / tl["predict_ms"]
+        ratios["train_speedup_vs_dopri"] = baseline["train_seconds"] / tl["train_seconds"]
+        ratios["step_speedup_vs_dopri"] = baseline["step_ms"] / tl["step_ms"]
+        ratios["one_step_mse_tl_node_over_dopri"] = tl["one_step_mse"] / baseline["one_step_mse"]
+        ratios["predict_speedup_vs_dopri"] = baseline["predict_ms"] / tl["predict_ms"]
     for other in ("rk4", "taylor2", "euler"):
         if tl and other in results:
             ratios[f"one_step_mse_{other}_over_tl_node"] = results[other]["one_step_mse"] / tl["one_step_mse"]

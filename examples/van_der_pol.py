@@ -30,10 +30,9 @@ Data choices:
   true field.
 
 Model choices:
-- DormandPrince at rtol = atol = 1e-5 (float32, the inputs' dtype): on a
-  trained f_θ its one-step error against a float64 solve at 1e-10 was an MSE
-  of 4e-8, 1e-8, 2e-10, 9e-11 at 1e-3, 1e-4, 1e-5, 1e-6, for 36, 36, 36, 42
-  f-evaluations per step of a batch; the models' own errors are near 1e-3.
+- DormandPrince at rtol = atol = 1e-5 (float32, the inputs' dtype): its
+  solve's error is orders of magnitude below the models' own (docs/results.md,
+  "How the examples' settings were chosen").
 - TL-NODE trains with the remainder penalty λ = 1e-2 (as in stiff_dynamics.py;
   λ = 0 gave the same errors, 1e-1 larger ones) and a matrix correction
   fitted every 10 steps (Adam 1e-2, the package's default teacher); the
@@ -97,10 +96,9 @@ METHODS = {
     "rk4": "RK4",
     "dopri": "DormandPrince (adaptive)",
 }
-# Measured on the quick run (2 shared CPU cores, training seconds with compilation,
-# graph -> XLA): tl_node 15.9 -> 11.4, taylor2 6.9 -> 5.1, rk4 7.1 -> 5.8,
-# dopri 34.1 -> 23.8, with identical errors; XLA is fastest for every method.
-# Orders >= 2 would recompile every step under XLA, but no method here uses one.
+# XLA is the fastest setting of every method here (docs/results.md, "How the
+# examples' settings were chosen"); orders >= 2 would recompile every step
+# under XLA, but no method here uses one.
 JIT_COMPILE = {"tl_node": True, "taylor2": True, "rk4": True, "dopri": True}
 
 
@@ -151,26 +149,20 @@ def build_ode(method: str, config: dict) -> keras.layers.Layer:
         name="vector_field",
     )
     field.build((None, 2))
-    dt = config["dt"]
-    if method == "tl_node":
-        correction = keras_tlnode.MidpointCorrection(mode="matrix", hidden_units=(16, 16))
-        return keras_tlnode.TaylorLagrangeODE(
-            field, order=1, duration=dt, correction=correction, remainder_weight=config["remainder_weight"]
-        )
-    if method == "taylor2":
-        return keras_tlnode.TaylorLagrangeODE(field, order=1, duration=dt)
-    if method == "rk4":
-        return keras_tlnode.FixedStepODE(field, method="rk4", duration=dt)
-    if method == "dopri":
-        tolerance = config["dp_tolerance"]
-        return keras_tlnode.DormandPrinceODE(field, duration=dt, rtol=tolerance, atol=tolerance)
-    raise ValueError(f"unknown method {method!r}; choose from {sorted(METHODS)}")
+    return harness.ode_layer(
+        method,
+        field,
+        config["dt"],
+        correction=keras_tlnode.MidpointCorrection(mode="matrix", hidden_units=(16, 16)),
+        remainder_weight=config["remainder_weight"],
+        tolerance=config["dp_tolerance"],
+    )
 
 
 def compile_model(method: str, ode: keras.layers.Layer, config: dict) -> keras.Model:
     """The one-step model of `ode`, compiled with the shared schedule and `method`'s XLA setting."""
     inputs = keras.Input((2,))
-    model_class = keras_tlnode.TLNODEModel if method == "tl_node" else keras.Model
+    model_class = harness.model_class(method)
     model = model_class(inputs, ode(inputs))
     options = {"jit_compile": config["jit_compile"][method], "steps_per_execution": config["steps_per_execution"]}
     if method == "tl_node":
