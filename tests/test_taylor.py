@@ -203,7 +203,7 @@ SMOOTH_FIELDS = {
 
 # Fields with an op TF's nested forward mode cannot differentiate beyond max_order.
 LIMITED_FIELDS = {
-    "pow": Case(pow_cube, cubic_truth(-1.0), width=2, max_order=3, failing_line="return -z**3"),
+    "pow": Case(pow_cube, cubic_truth(-1.0), width=2, max_order=3, failing_line="return -(z**3)"),
     "gather": Case(gather_swap, linear_truth(SWAP), width=2, max_order=3, failing_line="tf.gather(z, [1, 0], axis=1)"),
     "slice": Case(
         slice_rotate, linear_truth(ROTATE), width=3, max_order=4, failing_line="tf.concat([z[:, 1:], -z[:, :1]], 1)"
@@ -224,6 +224,9 @@ LIMITED_FIELDS = {
         for order in range(case.max_order + 1)
         for dtype in DTYPES
         for mode in MODES
+        # Depth 4 costs ~1 s per case: float32 meets every mode at orders 0-3 and
+        # order 4 meets every mode in float64, so float32 at order 4 runs eagerly only.
+        if (order, dtype) != (4, "float32") or mode == "eager"
     ],
 )
 def test_matches_closed_form(name: str, order: int, dtype: str, mode: str) -> None:

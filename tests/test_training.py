@@ -9,6 +9,7 @@ import textwrap
 import keras
 import numpy as np
 import pytest
+import tensorflow as tf
 
 import keras_tlnode as kt
 
@@ -143,7 +144,8 @@ def test_nested_and_several_tl_layers_all_get_corrected():
     hidden = first(keras.layers.Dense(4)(inputs))
     outputs = keras.layers.Dense(1, activation="sigmoid")(block(hidden))
     model = kt.TLNODEModel(inputs, outputs)
-    model.compile(optimizer="adam", loss="binary_crossentropy", correction_every=1)
+    # One update per solve: the test is about which corrections the phase reaches, not how often.
+    model.compile(optimizer="adam", loss="binary_crossentropy", correction_every=1, correction_steps=1)
     before = [_weights(first.correction), _weights(second.correction)]
     history = model.fit(x, y, batch_size=16, epochs=2, verbose=0)
     after = [_weights(first.correction), _weights(second.correction)]
@@ -169,7 +171,7 @@ def test_subclassed_tlnode_model():
     x = np.random.default_rng(1).normal(size=(64, 4)).astype("float32")
     y = x[:, :1] - x[:, 1:2]
     model = Classifier()
-    model.compile(optimizer=keras.optimizers.Adam(1e-2), loss="mse", correction_every=2)
+    model.compile(optimizer=keras.optimizers.Adam(1e-2), loss="mse", correction_every=2, correction_steps=1)
     history = model.fit(x, y, batch_size=16, epochs=8, verbose=0)
     assert history.history["loss"][-1] < 0.7 * history.history["loss"][0]
     assert history.history["remainder"][-1] > 0
@@ -191,54 +193,93 @@ def test_bad_compile_arguments_name_the_argument(kwargs, error, argument):
         model.compile(optimizer="adam", loss="mse", **kwargs)
 
 
-MIRRORED_SCRIPT = textwrap.dedent(
-    """
-    import json, sys
-    import numpy as np
-    import tensorflow as tf
-    cpu = tf.config.list_physical_devices("CPU")[0]
-    tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
-    import keras
-    import keras_tlnode as kt
-
+def parity_fit(strategy: tf.distribute.Strategy | None = None) -> dict:
+    """Two epochs of a small corrected model built in `strategy`'s scope (default: none); what they leave."""
+    strategy = strategy or tf.distribute.get_strategy()
     rng = np.random.default_rng(0)
     x = rng.uniform(-0.5, 0.5, (64, 2)).astype("float32")
     y = (x * 0.9).astype("float32")
-
-    def build():
-        keras.utils.set_random_seed(0)
+    keras.utils.set_random_seed(0)
+    with strategy.scope():
         ode = kt.TaylorLagrangeODE(
-            keras.layers.Dense(2), duration=0.1, correction=kt.MidpointCorrection(hidden_units=(4,)),
-            remainder_weight=0.01)
+            keras.layers.Dense(2),
+            duration=0.1,
+            correction=kt.MidpointCorrection(hidden_units=(4,)),
+            remainder_weight=0.01,
+        )
         inputs = keras.Input((2,))
         model = kt.TLNODEModel(inputs, ode(inputs))
-        model.compile(optimizer=keras.optimizers.SGD(0.1), loss="mse", correction_every=2, correction_steps=2,
-                      teacher_samples=None, correction_optimizer=keras.optimizers.SGD(0.1))
-        return model
+        model.compile(
+            optimizer=keras.optimizers.SGD(0.1),
+            loss="mse",
+            correction_every=2,
+            correction_steps=2,
+            teacher_samples=None,
+            correction_optimizer=keras.optimizers.SGD(0.1),
+        )
+    history = model.fit(x, y, batch_size=16, epochs=2, verbose=0, shuffle=False).history
+    return {
+        "replicas": strategy.num_replicas_in_sync,
+        "weights": [w.tolist() for w in model.get_weights()],
+        "correction_steps": int(model.correction_optimizer.iterations.numpy()),
+        "loss": history["loss"],
+    }
 
-    single = build()
-    single_history = single.fit(x, y, batch_size=16, epochs=2, verbose=0, shuffle=False).history
-    with tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"]).scope():
-        mirrored = build()
-    mirrored_history = mirrored.fit(x, y, batch_size=16, epochs=2, verbose=0, shuffle=False).history
-    json.dump({
-        "weight_gap": max(float(np.abs(a - b).max()) for a, b in zip(single.get_weights(), mirrored.get_weights())),
-        "correction_steps": [int(single.correction_optimizer.iterations.numpy()), int(mirrored.correction_optimizer.iterations.numpy())],
-        "loss": [single_history["loss"], mirrored_history["loss"]],
-    }, sys.stdout)
+
+# Devices are fixed when TensorFlow starts: two logical CPUs need a process of their own.
+MIRRORED_SCRIPT = textwrap.dedent(
+    """
+    import json, sys
+    import tensorflow as tf
+    cpu = tf.config.list_physical_devices("CPU")[0]
+    tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+    import test_training
+    json.dump(test_training.parity_fit(tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])), sys.stdout)
     """
 )
 
 
-def test_mirrored_strategy_matches_single_device():
-    """Two logical CPUs; needs its own process, since devices are fixed when TensorFlow starts."""
+@pytest.fixture(scope="module", autouse=True)
+def mirrored_child(request, tmp_path_factory):
+    """The mirrored half of the parity test below, started with the module: it runs in a
+    process of its own (two logical CPUs) beside this module's other tests."""
+    if not any(
+        getattr(item, "function", None) is test_mirrored_strategy_matches_single_device
+        for item in request.session.items
+    ):
+        yield None
+        return
+    tests = os.path.dirname(os.path.abspath(__file__))
+    package_root = os.path.dirname(os.path.dirname(os.path.abspath(kt.__file__)))  # the keras_tlnode tested here
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
-    run = subprocess.run([sys.executable, "-c", MIRRORED_SCRIPT], capture_output=True, text=True, env=env, timeout=300)
-    assert run.returncode == 0, run.stderr[-3000:]
-    result = json.loads(run.stdout.strip().splitlines()[-1])
-    assert result["weight_gap"] < 1e-6
-    assert result["correction_steps"] == [8, 8]  # 4 solves of 2 updates each
-    np.testing.assert_allclose(result["loss"][0], result["loss"][1], rtol=1e-5)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (tests, package_root, env.get("PYTHONPATH")) if p)
+    directory = tmp_path_factory.mktemp("mirrored")
+    with open(directory / "stdout", "w+") as stdout, open(directory / "stderr", "w+") as stderr:
+        child = subprocess.Popen(
+            [sys.executable, "-c", MIRRORED_SCRIPT], cwd=tests, env=env, stdout=stdout, stderr=stderr
+        )
+        try:
+            yield child, stdout, stderr
+        finally:
+            if child.poll() is None:
+                child.kill()
+                child.wait()
+
+
+def test_mirrored_strategy_matches_single_device(mirrored_child):
+    """The mirrored run from the child process against the single-device one, here."""
+    child, stdout, stderr = mirrored_child
+    single = parity_fit()
+    returncode = child.wait(timeout=300)
+    stdout.seek(0)
+    stderr.seek(0)
+    assert returncode == 0, stderr.read()[-3000:]
+    mirrored = json.loads(stdout.read().strip().splitlines()[-1])
+    assert (single["replicas"], mirrored["replicas"]) == (1, 2)
+    gap = max(np.abs(np.subtract(a, b)).max() for a, b in zip(single["weights"], mirrored["weights"], strict=True))
+    assert gap < 1e-6
+    assert single["correction_steps"] == mirrored["correction_steps"] == 8  # 4 solves of 2 updates each
+    np.testing.assert_allclose(single["loss"], mirrored["loss"], rtol=1e-5)
 
 
 def test_jit_compile_matches_graph_training():

@@ -18,6 +18,7 @@ its learning rate.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -123,11 +124,37 @@ def _assert_optimizer_state_equal(actual: list, expected: list, name: str) -> No
 
 
 @pytest.fixture(scope="module")
-def reference() -> dict:
-    """The uninterrupted run every equivalence test compares with: NumPy input, one step per execution."""
+def uninterrupted(tmp_path_factory) -> dict:
+    """The uninterrupted run, NumPy input and one step per execution, watched by three ModelCheckpoints
+    (best-only `.keras`, every-epoch `.keras` and `.weights.h5`) and TensorBoard.
+
+    One run serves the equivalence tests and the callback tests: the callbacks
+    only read the model, and the runs compared with this one have none, so a
+    callback that changed the training would fail those comparisons.
+    """
+    directory = tmp_path_factory.mktemp("checkpoints")
+    paths = {name: directory / name for name in ("best.keras", "last.keras", "last.weights.h5")}
     model = _model()
     x, y = _data()
-    _fit(model, x, y)
+    snapshots = []
+    callbacks = [
+        keras.callbacks.ModelCheckpoint(paths["best.keras"], monitor="loss", save_best_only=True),
+        keras.callbacks.ModelCheckpoint(paths["last.keras"]),
+        keras.callbacks.ModelCheckpoint(paths["last.weights.h5"], save_weights_only=True),
+        keras.callbacks.LambdaCallback(on_epoch_end=lambda epoch, logs: snapshots.append(model.get_weights())),
+    ]
+    log_dir = tmp_path_factory.mktemp("tensorboard")
+    if importlib.util.find_spec("tensorboard") is not None:  # else the TensorBoard test skips
+        callbacks.append(keras.callbacks.TensorBoard(log_dir=str(log_dir)))
+    history = _fit(model, x, y, callbacks=callbacks)
+    best = int(np.argmin(history.history["loss"]))
+    return {"model": model, "paths": paths, "best_weights": snapshots[best], "x": x, "log_dir": log_dir}
+
+
+@pytest.fixture(scope="module")
+def reference(uninterrupted) -> dict:
+    """The state of the uninterrupted run, which every equivalence test compares with."""
+    model = uninterrupted["model"]
     state = _state(model)
     # The run really trained both parts, on the schedule the module docstring states.
     assert state["iterations"] == EPOCHS * STEPS_PER_EPOCH
@@ -141,26 +168,9 @@ def reference() -> dict:
 
 
 @pytest.fixture(scope="module")
-def checkpoints(tmp_path_factory) -> dict:
-    """One training run with three ModelCheckpoints: best-only `.keras`, every-epoch `.keras` and `.weights.h5`."""
-    directory = tmp_path_factory.mktemp("checkpoints")
-    paths = {name: directory / name for name in ("best.keras", "last.keras", "last.weights.h5")}
-    model = _model()
-    x, y = _data()
-    snapshots = []
-    history = _fit(
-        model,
-        x,
-        y,
-        callbacks=[
-            keras.callbacks.ModelCheckpoint(paths["best.keras"], monitor="loss", save_best_only=True),
-            keras.callbacks.ModelCheckpoint(paths["last.keras"]),
-            keras.callbacks.ModelCheckpoint(paths["last.weights.h5"], save_weights_only=True),
-            keras.callbacks.LambdaCallback(on_epoch_end=lambda epoch, logs: snapshots.append(model.get_weights())),
-        ],
-    )
-    best = int(np.argmin(history.history["loss"]))
-    return {"model": model, "paths": paths, "best_weights": snapshots[best], "x": x}
+def checkpoints(uninterrupted, reference) -> dict:
+    """The uninterrupted run's checkpoints; `reference` first checks that the run trained on schedule."""
+    return uninterrupted
 
 
 def _predict_with(weights: list, x: np.ndarray) -> np.ndarray:
@@ -271,12 +281,9 @@ def test_learning_rate_callbacks_act_on_the_main_optimizer_only(make_callback):
     assert int(model.correction_optimizer.iterations) == 3 * STEPS_PER_EPOCH // CORRECTION_EVERY * CORRECTION_STEPS
 
 
-def test_tensorboard_writes_the_tl_metrics(tmp_path):
+def test_tensorboard_writes_the_tl_metrics(uninterrupted):
     pytest.importorskip("tensorboard", reason="keras.callbacks.TensorBoard needs the tensorboard package")
-    x, y = _data()
-    model = _model()
-    _fit(model, x, y, epochs=2, callbacks=[keras.callbacks.TensorBoard(log_dir=str(tmp_path))])
-    files = sorted((tmp_path / "train").glob("events.out.tfevents.*"))
+    files = sorted((uninterrupted["log_dir"] / "train").glob("events.out.tfevents.*"))
     assert files
     scalars: dict[str, list[float]] = {}
     for record in tf.data.TFRecordDataset([str(f) for f in files]):
@@ -285,9 +292,9 @@ def test_tensorboard_writes_the_tl_metrics(tmp_path):
             scalars.setdefault(value.tag, []).append(float(tf.make_ndarray(value.tensor)))
     tags = ("epoch_loss", "epoch_remainder", "epoch_correction_loss", "epoch_teacher_nfe", "epoch_teacher_failures")
     for tag in tags:
-        assert len(scalars.get(tag, [])) == 2, (tag, sorted(scalars))
+        assert len(scalars.get(tag, [])) == EPOCHS, (tag, sorted(scalars))
     assert all(v > 0 for v in scalars["epoch_teacher_nfe"])
-    assert scalars["epoch_teacher_failures"] == [0.0, 0.0]
+    assert scalars["epoch_teacher_failures"] == [0.0] * EPOCHS
 
 
 # --- TerminateOnNaN ------------------------------------------------------------------------------
@@ -332,14 +339,25 @@ def nan_on_a_correction_step(marker: str) -> dict:
     }
 
 
-FIT_TIMEOUT = 15.0  # seconds from the start of the fit; a healthy one takes 2-3 s
+FIT_TIMEOUT = 15.0  # seconds from the start of the fit; a healthy one takes 2-3 s (about 5 s beside other tests)
 
 
-def test_nan_on_a_correction_step_skips_the_correction_update(tmp_path):
+@pytest.fixture(scope="module", autouse=True)
+def nan_child(request, tmp_path_factory):
+    """`nan_on_a_correction_step` for the test below, in a process of its own started with
+    the module, so that it runs beside this module's other tests."""
+    if not any(
+        getattr(item, "function", None) is test_nan_on_a_correction_step_skips_the_correction_update
+        for item in request.session.items
+    ):
+        yield None
+        return
     tests = os.path.dirname(os.path.abspath(__file__))
+    package_root = os.path.dirname(os.path.dirname(os.path.abspath(kt.__file__)))  # the keras_tlnode tested here
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (tests, env.get("PYTHONPATH")) if p)
-    marker, out, err = tmp_path / "fitting", tmp_path / "stdout", tmp_path / "stderr"
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (tests, package_root, env.get("PYTHONPATH")) if p)
+    directory = tmp_path_factory.mktemp("nan_on_a_correction_step")
+    marker, out, err = directory / "fitting", directory / "stdout", directory / "stderr"
     script = (
         "import json, sys, test_training_callbacks as t\nprint(json.dumps(t.nan_on_a_correction_step(sys.argv[1])))"
     )
@@ -347,18 +365,26 @@ def test_nan_on_a_correction_step_skips_the_correction_update(tmp_path):
         process = subprocess.Popen(
             [sys.executable, "-c", script, str(marker)], cwd=tests, env=env, stdout=stdout, stderr=stderr
         )
-        start, fit_start = time.monotonic(), None
-        while process.poll() is None:
-            now = time.monotonic()
-            if fit_start is None and marker.exists():
-                fit_start = now
-            if now - (fit_start or start) > (FIT_TIMEOUT if fit_start else 120.0):
-                process.kill()
-                process.wait()
-                pytest.fail(f"fit() still running {FIT_TIMEOUT:.0f} s after it started: it hangs on the NaN dynamics")
-            time.sleep(0.1)
-    assert process.returncode == 0, err.read_text()[-3000:]
-    result = json.loads(out.read_text().strip().splitlines()[-1])
+    try:
+        yield {"process": process, "started": time.time(), "marker": marker, "out": out, "err": err}
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+
+
+def test_nan_on_a_correction_step_skips_the_correction_update(nan_child):
+    process, marker = nan_child["process"], nan_child["marker"]
+    while process.poll() is None:
+        # The child touches the marker when its fit starts.
+        fit_start = marker.stat().st_mtime if marker.exists() else None
+        if time.time() - (fit_start or nan_child["started"]) > (FIT_TIMEOUT if fit_start else 120.0):
+            process.kill()
+            process.wait()
+            pytest.fail(f"fit() still running {FIT_TIMEOUT:.0f} s after it started: it hangs on the NaN dynamics")
+        time.sleep(0.1)
+    assert process.returncode == 0, nan_child["err"].read_text()[-3000:]
+    result = json.loads(nan_child["out"].read_text().strip().splitlines()[-1])
     assert result["epochs"] == 1 < EPOCHS
     assert result["iterations"] == 2
     assert result["teacher_failures"] == 1.0
