@@ -17,6 +17,7 @@ import tensorflow as tf
 import tensorflow_probability as tfp
 
 from keras_tlnode.layers import ODELayer
+from keras_tlnode.schemes import per_state
 from keras_tlnode.validation import check_float
 
 
@@ -188,31 +189,39 @@ class DormandPrinceODE(ODELayer):
         self.rtol = check_float(rtol, "rtol", positive=True)
         self.atol = check_float(atol, "atol", positive=True)
 
-    def call(self, inputs: tf.Tensor) -> tf.Tensor:
+    def call(self, inputs: tf.Tensor | list) -> tf.Tensor:
         return self.solve(inputs).states
 
-    def solve(self, inputs: tf.Tensor) -> Solution:
-        """The solve from `inputs`: `states` the layer's output (NaN where it failed), `nfe`, `ok`."""
-        inputs = tf.convert_to_tensor(inputs)
-        self._check_inputs(inputs)
+    def solve(self, inputs: tf.Tensor | list) -> Solution:
+        """The solve from `inputs` (`x` or `[x, duration]`): `states` the layer's output (NaN where it failed), `nfe`, `ok`.
+
+        The solve runs over s ∈ [0, 1] on dx/ds = T · f(x, t_initial + s T),
+        T the duration (each sample's own with `[x, duration]`).
+        """
+        inputs = (
+            [tf.convert_to_tensor(i) for i in inputs]
+            if isinstance(inputs, (list, tuple))
+            else tf.convert_to_tensor(inputs)
+        )
+        x, step_size = self._spans(inputs)
         if not self.built:
-            self.build(tuple(inputs.shape))
+            self.build([tuple(i.shape) for i in inputs] if isinstance(inputs, list) else tuple(x.shape))
+        duration = self.duration if step_size is None else step_size * self.num_steps
+        times = [k / self.num_steps for k in range(1, self.num_steps + 1)] if self.return_trajectory else [1.0]
+
+        def rescaled(y: tf.Tensor, s: tf.Tensor) -> tf.Tensor:
+            if not self.time_dependent:
+                return per_state(duration, y) * self.derivative(y)
+            t = self.t_initial + s * duration * tf.ones(tf.stack([tf.shape(y)[0], 1]), y.dtype)
+            return per_state(duration, y) * self.derivative(y, t)
+
+        solution = dormand_prince(rescaled, x, times, self.rtol, self.atol, x.dtype)
+        states = tf.where(solution.ok, solution.states, tf.constant(math.nan, x.dtype))
         if self.return_trajectory:
-            times = [k * self.step_size for k in range(1, self.num_steps)] + [self.duration]
-        else:
-            times = [self.duration]
-        solution = dormand_prince(self._field_at, inputs, times, self.rtol, self.atol, inputs.dtype)
-        states = tf.where(solution.ok, solution.states, tf.constant(math.nan, inputs.dtype))
-        if self.return_trajectory:
-            states = tf.experimental.numpy.moveaxis(tf.concat([inputs[tf.newaxis], states], axis=0), 0, 1)
+            states = tf.experimental.numpy.moveaxis(tf.concat([x[tf.newaxis], states], axis=0), 0, 1)
         else:
             states = states[-1]
         return Solution(states, solution.nfe, solution.ok)
-
-    def _field_at(self, x: tf.Tensor, elapsed: tf.Tensor) -> tf.Tensor:
-        if not self.time_dependent:
-            return self.derivative(x)
-        return self.derivative(x, tf.fill(tf.stack([tf.shape(x)[0], 1]), self.t_initial + elapsed))
 
     def get_config(self) -> dict:
         config = super().get_config()

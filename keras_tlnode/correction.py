@@ -7,6 +7,7 @@ import math
 import keras
 import tensorflow as tf
 
+from keras_tlnode.schemes import per_state
 from keras_tlnode.validation import check_bool, check_choice, check_float, check_instance, check_int
 
 MODES = ("vector", "matrix")
@@ -176,7 +177,7 @@ class MidpointCorrection(keras.layers.Layer):
         else:
             move = gamma * fx
             fraction = tf.reduce_mean(tf.reshape(gamma, (-1, math.prod(x.shape[1:]))), axis=-1, keepdims=True)
-        return x + step_size * move, fraction
+        return x + per_state(step_size, x) * move, fraction
 
     @property
     def fitted_variables(self) -> list:

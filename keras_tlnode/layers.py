@@ -82,7 +82,8 @@ class ODELayer(keras.layers.Layer):
         """Δt = duration / num_steps."""
         return self.duration / self.num_steps
 
-    def build(self, input_shape: tuple) -> None:
+    def build(self, input_shape: tuple | list) -> None:
+        input_shape = self._state_shape(input_shape)
         if len(input_shape) < 2:
             raise ValueError(
                 f"{type(self).__name__} needs inputs of shape (batch, *state_shape) with at least one state "
@@ -113,13 +114,46 @@ class ODELayer(keras.layers.Layer):
                 f"{type(self).__name__} `inputs` must have a floating dtype, got {tf.as_dtype(inputs.dtype).name}."
             )
 
-    def compute_output_shape(self, input_shape: tuple) -> tuple:
+    def _state_shape(self, input_shape: tuple | list) -> tuple:
+        """The states' shape from the shape of `x` or of `[x, duration]` (checking the duration's)."""
+        if not (isinstance(input_shape, (list, tuple)) and input_shape and isinstance(input_shape[0], (list, tuple))):
+            return tuple(input_shape)
+        if len(input_shape) != 2:
+            raise ValueError(
+                f"{type(self).__name__} takes the states `x` or a list `[x, duration]`, got {len(input_shape)} inputs."
+            )
+        state_shape, duration_shape = tuple(input_shape[0]), tuple(input_shape[1])
+        if not (len(duration_shape) == 1 or (len(duration_shape) == 2 and duration_shape[1] == 1)):
+            raise ValueError(f"`duration` must have shape (batch,) or (batch, 1), got {duration_shape}.")
+        return state_shape
+
+    def _spans(self, inputs: tf.Tensor | list) -> tuple[tf.Tensor, tf.Tensor | None]:
+        """`(x, Δt)` from `x` (Δt None: the layer's own) or from `[x, duration]` (Δt per sample, `(batch, 1)`).
+
+        Durations are checked to be finite and > 0 in eager calls only: a
+        check inside a graph would be a synchronisation point.
+        """
+        if not isinstance(inputs, (list, tuple)):
+            self._check_inputs(inputs)
+            return inputs, None
+        self._state_shape([tuple(tensor.shape) for tensor in inputs])
+        x, duration = inputs
+        self._check_inputs(x)
+        if not tf.as_dtype(duration.dtype).is_floating:
+            raise TypeError(f"`duration` must have a floating dtype, got {tf.as_dtype(duration.dtype).name}.")
+        duration = tf.reshape(tf.cast(duration, x.dtype), (-1, 1))
+        if tf.executing_eagerly() and not bool(tf.reduce_all(tf.math.is_finite(duration) & (duration > 0))):
+            raise ValueError(f"`duration` must be finite and > 0 for every sample, got {duration.numpy().ravel()}.")
+        return x, duration / self.num_steps
+
+    def compute_output_shape(self, input_shape: tuple | list) -> tuple:
+        input_shape = self._state_shape(input_shape)
         if self.return_trajectory:
             return (input_shape[0], self.num_steps + 1) + tuple(input_shape[1:])
         return tuple(input_shape)
 
-    def compute_output_spec(self, inputs: keras.KerasTensor, training: bool | None = None) -> keras.KerasTensor:
-        self._check_inputs(inputs)
+    def compute_output_spec(self, inputs: keras.KerasTensor | list, training: bool | None = None) -> keras.KerasTensor:
+        self._check_inputs(inputs[0] if isinstance(inputs, (list, tuple)) else inputs)
         return super().compute_output_spec(inputs)
 
     def get_config(self) -> dict:
@@ -152,52 +186,64 @@ class StepwiseODE(ODELayer):
         """Calls of the vector field per call of this layer."""
         raise NotImplementedError
 
-    def step(self, states: tf.Tensor, times: tf.Tensor | None = None) -> tuple[tf.Tensor, tf.Tensor]:
-        """One step of Δt: `(next states, remainder term)`."""
+    def step(
+        self, states: tf.Tensor, times: tf.Tensor | None = None, *, step_size: tf.Tensor | None = None
+    ) -> tuple[tf.Tensor, tf.Tensor]:
+        """One step: `(next states, remainder term)`; of Δt, or of `step_size` `(batch, 1)` per sample."""
         raise NotImplementedError
 
-    def call(self, inputs: tf.Tensor, training: bool | None = None) -> tf.Tensor:
-        self._check_inputs(inputs)
-        return self._rollout(inputs, penalise=False)[0]
+    def call(self, inputs: tf.Tensor | list, training: bool | None = None) -> tf.Tensor:
+        x, step_size = self._spans(inputs)
+        return self._rollout(x, step_size, penalise=False)[0]
 
-    def _rollout(self, x: tf.Tensor, penalise: bool) -> tuple[tf.Tensor, tf.Tensor]:
+    def _rollout(self, x: tf.Tensor, step_size: tf.Tensor | None, penalise: bool) -> tuple[tf.Tensor, tf.Tensor]:
         """`(output states, Σ_k mean|R_k| if penalise)` of the rollout from `x`."""
         integrate = _traced_integrate(self) if tf.executing_eagerly() else self._integrate
-        return integrate(x, penalise)
+        return integrate(x, step_size, penalise)
 
-    def _integrate(self, x: tf.Tensor, penalise: bool) -> tuple[tf.Tensor, tf.Tensor]:
+    def _integrate(self, x: tf.Tensor, step_size: tf.Tensor | None, penalise: bool) -> tuple[tf.Tensor, tf.Tensor]:
         def step(state: tf.Tensor, k: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-            return self.step(state, self._time(state, k))
+            return self.step(state, self._time(state, k, step_size), step_size=step_size)
 
         return rollout(step, x, self.num_steps, self.return_trajectory, sum_remainders=penalise)
 
-    def step_starts(self, inputs: tf.Tensor) -> tf.Tensor:
+    def step_starts(self, inputs: tf.Tensor | list) -> tf.Tensor:
         """The state at which each step of this layer's rollout from `inputs` starts.
 
         Returns `(batch · num_steps, *state_shape)` states, sample-major (the
         steps of sample 0 first), without gradients. The correction phase of
         `TLNODEModel` fits Γ_φ on these states.
         """
+        x, step_size = self._spans(inputs)
         if self.num_steps == 1:
-            return tf.stop_gradient(inputs)
+            return tf.stop_gradient(x)
 
         def step(state: tf.Tensor, k: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-            return self.step(state, self._time(state, k))
+            return self.step(state, self._time(state, k, step_size), step_size=step_size)
 
-        trajectory, _ = rollout(step, tf.stop_gradient(inputs), self.num_steps - 1, return_trajectory=True)
-        return tf.stop_gradient(tf.reshape(trajectory, tf.concat([[-1], tf.shape(inputs)[1:]], axis=0)))
+        trajectory, _ = rollout(step, tf.stop_gradient(x), self.num_steps - 1, return_trajectory=True)
+        return tf.stop_gradient(tf.reshape(trajectory, tf.concat([[-1], tf.shape(x)[1:]], axis=0)))
 
-    def step_times(self, batch_size: tf.Tensor | int, dtype: tf.DType) -> tf.Tensor | None:
-        """The start times `(batch_size · num_steps, 1)` matching `step_starts`, or None for an autonomous field."""
+    def step_sizes(self, inputs: tf.Tensor | list) -> tf.Tensor | None:
+        """Each step start's Δt `(batch · num_steps, 1)`, matching `step_starts`; None without per-sample durations."""
+        _, step_size = self._spans(inputs)
+        return None if step_size is None else tf.repeat(step_size, self.num_steps, axis=0)
+
+    def step_times(self, inputs: tf.Tensor | list) -> tf.Tensor | None:
+        """The start times `(batch · num_steps, 1)` matching `step_starts`, or None for an autonomous field."""
         if not self.time_dependent:
             return None
-        index = tf.tile(tf.range(self.num_steps), [batch_size])
-        return self.t_initial + tf.cast(index, dtype)[:, None] * self.step_size
+        x, step_size = self._spans(inputs)
+        index = tf.cast(tf.tile(tf.range(self.num_steps), [tf.shape(x)[0]]), x.dtype)[:, None]
+        sizes = self.step_size if step_size is None else tf.repeat(step_size, self.num_steps, axis=0)
+        return self.t_initial + index * sizes
 
-    def _time(self, state: tf.Tensor, k: tf.Tensor | int) -> tf.Tensor | None:
+    def _time(self, state: tf.Tensor, k: tf.Tensor | int, step_size: tf.Tensor | None = None) -> tf.Tensor | None:
         """Times `(batch, 1)` at step `k`, or None for autonomous fields."""
         if not self.time_dependent:
             return None
+        if step_size is not None:
+            return self.t_initial + tf.cast(k, state.dtype) * step_size
         now = self.t_initial + tf.cast(k, state.dtype) * self.step_size
         return tf.fill(tf.stack([tf.shape(state)[0], 1]), now)
 
@@ -259,9 +305,15 @@ class FixedStepODE(StepwiseODE):
         """Calls of the vector field per call of this layer: `num_steps` times 1, 2 or 4."""
         return self.num_steps * CLASSICAL[self.method][1]
 
-    def step(self, states: tf.Tensor, times: tf.Tensor | None = None) -> tuple[tf.Tensor, tf.Tensor]:
-        """One step of Δt of the scheme: `(next states, zeros)` (a classical step has no remainder term)."""
-        return CLASSICAL[self.method][0](self.derivative, states, times, self.step_size)
+    def step(
+        self, states: tf.Tensor, times: tf.Tensor | None = None, *, step_size: tf.Tensor | None = None
+    ) -> tuple[tf.Tensor, tf.Tensor]:
+        """One step of the scheme: `(next states, zeros)` (a classical step has no remainder term).
+
+        Of Δt, or of `step_size`, `(batch, 1)`, one per sample.
+        """
+        dt = self.step_size if step_size is None else step_size
+        return CLASSICAL[self.method][0](self.derivative, states, times, dt)
 
     def get_config(self) -> dict:
         config = super().get_config()
@@ -367,15 +419,15 @@ class TaylorLagrangeODE(StepwiseODE):
         """Calls of the vector field per call of this layer (see the class docstring)."""
         return self.num_steps * taylor_lagrange_evaluations(self.order, self.correction is not None)
 
-    def build(self, input_shape: tuple) -> None:
+    def build(self, input_shape: tuple | list) -> None:
         super().build(input_shape)
         if self.correction is not None and not self.correction.built:
-            self.correction.build(input_shape)
+            self.correction.build(self._state_shape(input_shape))
 
     def call(self, inputs: tf.Tensor, training: bool | None = None) -> tf.Tensor:
-        self._check_inputs(inputs)
+        x, step_size = self._spans(inputs)
         penalise = bool(training) and self.remainder_weight > 0
-        states, remainder = self._rollout(inputs, penalise)
+        states, remainder = self._rollout(x, step_size, penalise)
         penalty = self.remainder_weight * remainder if penalise else None
         if penalty is not None and penalty.dtype.size < 4:
             # Under mixed precision Keras sums the losses in float32.
@@ -386,15 +438,21 @@ class TaylorLagrangeODE(StepwiseODE):
         return states
 
     def step(
-        self, states: tf.Tensor, times: tf.Tensor | None = None, apply_trust: bool = True
+        self,
+        states: tf.Tensor,
+        times: tf.Tensor | None = None,
+        apply_trust: bool = True,
+        *,
+        step_size: tf.Tensor | None = None,
     ) -> tuple[tf.Tensor, tf.Tensor]:
-        """One Taylor-Lagrange step of Δt: `(next states, remainder term)`.
+        """One Taylor-Lagrange step: `(next states, remainder term)`.
 
         Args:
             states: `(batch, *state_shape)`, each the start of a step.
             times: `(batch, 1)` start times for a time-dependent field, else None.
             apply_trust: False steps with the fitted correction at full strength
                 (`MidpointCorrection.call`), as the correction phase fits it.
+            step_size: `(batch, 1)`, each sample's Δt; None: the layer's Δt.
 
         Returns:
             The states one step later and the step's Lagrange remainder term,
@@ -403,7 +461,8 @@ class TaylorLagrangeODE(StepwiseODE):
         midpoint = None
         if self.correction is not None:
             midpoint = functools.partial(self.correction.midpoint, apply_trust=apply_trust)
-        return taylor_lagrange_step(self.derivative, states, times, self.step_size, self.order, midpoint)
+        dt = self.step_size if step_size is None else step_size
+        return taylor_lagrange_step(self.derivative, states, times, dt, self.order, midpoint)
 
     def get_config(self) -> dict:
         config = super().get_config()
@@ -439,7 +498,7 @@ def _classical_arguments(args: tuple, kwargs: dict) -> dict:
 _TRACED: weakref.WeakKeyDictionary[StepwiseODE, Callable] = weakref.WeakKeyDictionary()
 
 
-def _traced_integrate(layer: StepwiseODE) -> Callable[[tf.Tensor, bool], tuple[tf.Tensor, tf.Tensor]]:
+def _traced_integrate(layer: StepwiseODE) -> Callable[..., tuple[tf.Tensor, tf.Tensor]]:
     """`layer._integrate` as a tf.function, cached per layer, for eager calls.
 
     Each Taylor pass is a function call of its own (see `taylor_coefficients`);
@@ -450,11 +509,11 @@ def _traced_integrate(layer: StepwiseODE) -> Callable[[tf.Tensor, bool], tuple[t
     if layer not in _TRACED:
         owner = weakref.ref(layer)
 
-        def integrate(x: tf.Tensor, penalise: bool) -> tuple[tf.Tensor, tf.Tensor]:
+        def integrate(x: tf.Tensor, step_size: tf.Tensor | None, penalise: bool) -> tuple[tf.Tensor, tf.Tensor]:
             alive = owner()
             if alive is None:  # unreachable: the cache drops a layer's entry with the layer
                 raise ReferenceError("the layer of this traced rollout no longer exists")
-            return alive._integrate(x, penalise)
+            return alive._integrate(x, step_size, penalise)
 
         _TRACED[layer] = tf.function(integrate, autograph=False, reduce_retracing=True)
     return _TRACED[layer]

@@ -1,7 +1,8 @@
 """One-step schemes, pure functions of (field, x, t, Δt) returning (x_next, remainder).
 
 `field(x, t=None)` returns dx/dt; `t` is `None` for autonomous fields, else a
-`(batch, 1)` tensor. `remainder` is the Lagrange term of the Taylor-Lagrange step
+`(batch, 1)` tensor. Δt is a float, or a `(batch, 1)` tensor of one step size
+per sample. `remainder` is the Lagrange term of the Taylor-Lagrange step
 and zero for the classical schemes, which have none.
 """
 
@@ -9,12 +10,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from typing import TypeAlias
 
 import tensorflow as tf
 
 from keras_tlnode.taylor import taylor_coefficients
 
 Field = Callable[..., tf.Tensor]
+StepSize: TypeAlias = "float | tf.Tensor"
 # midpoint(x, f(x), Δt) -> (ξ, θ̄): the mean-value point and the mean fraction of the step it takes.
 Midpoint = Callable[[tf.Tensor, tf.Tensor, float], tuple[tf.Tensor, tf.Tensor]]
 Step = Callable[[Field, tf.Tensor, "tf.Tensor | None", float], tuple[tf.Tensor, tf.Tensor]]
@@ -24,7 +27,7 @@ def taylor_lagrange_step(
     field: Field,
     x: tf.Tensor,
     t: tf.Tensor | None,
-    dt: float,
+    dt: StepSize,
     order: int,
     midpoint: Midpoint | None = None,
 ) -> tuple[tf.Tensor, tf.Tensor]:
@@ -45,35 +48,45 @@ def taylor_lagrange_step(
         t_xi = None if t is None else t + fraction * dt
         top = taylor_coefficients(field, xi, order, t_xi)[order]
         lower = lower[:order]
+    h = per_state(dt, x)
     increment = tf.zeros_like(x)
     for i in range(order):
-        increment += dt ** (i + 1) / math.factorial(i + 1) * lower[i]
-    remainder = dt ** (order + 1) / math.factorial(order + 1) * top
+        increment += h ** (i + 1) / math.factorial(i + 1) * lower[i]
+    remainder = h ** (order + 1) / math.factorial(order + 1) * top
     return x + increment + remainder, remainder
 
 
-def euler_step(field: Field, x: tf.Tensor, t: tf.Tensor | None, dt: float) -> tuple[tf.Tensor, tf.Tensor]:
+def euler_step(field: Field, x: tf.Tensor, t: tf.Tensor | None, dt: StepSize) -> tuple[tf.Tensor, tf.Tensor]:
     """x + Δt f(x, t)."""
-    return x + dt * field(x, t), tf.zeros_like(x)
+    return x + per_state(dt, x) * field(x, t), tf.zeros_like(x)
 
 
-def heun_step(field: Field, x: tf.Tensor, t: tf.Tensor | None, dt: float) -> tuple[tf.Tensor, tf.Tensor]:
+def heun_step(field: Field, x: tf.Tensor, t: tf.Tensor | None, dt: StepSize) -> tuple[tf.Tensor, tf.Tensor]:
     """The explicit trapezoidal rule (second order, two evaluations)."""
+    h = per_state(dt, x)
     k1 = field(x, t)
-    k2 = field(x + dt * k1, _later(t, dt))
-    return x + dt / 2 * (k1 + k2), tf.zeros_like(x)
+    k2 = field(x + h * k1, _later(t, dt))
+    return x + h / 2 * (k1 + k2), tf.zeros_like(x)
 
 
-def rk4_step(field: Field, x: tf.Tensor, t: tf.Tensor | None, dt: float) -> tuple[tf.Tensor, tf.Tensor]:
+def rk4_step(field: Field, x: tf.Tensor, t: tf.Tensor | None, dt: StepSize) -> tuple[tf.Tensor, tf.Tensor]:
     """The classical fourth-order Runge-Kutta step (four evaluations)."""
+    h = per_state(dt, x)
     k1 = field(x, t)
-    k2 = field(x + dt / 2 * k1, _later(t, dt / 2))
-    k3 = field(x + dt / 2 * k2, _later(t, dt / 2))
-    k4 = field(x + dt * k3, _later(t, dt))
-    return x + dt / 6 * (k1 + 2 * k2 + 2 * k3 + k4), tf.zeros_like(x)
+    k2 = field(x + h / 2 * k1, _later(t, dt / 2))
+    k3 = field(x + h / 2 * k2, _later(t, dt / 2))
+    k4 = field(x + h * k3, _later(t, dt))
+    return x + h / 6 * (k1 + 2 * k2 + 2 * k3 + k4), tf.zeros_like(x)
 
 
-def _later(t: tf.Tensor | None, delta: float) -> tf.Tensor | None:
+def per_state(dt: StepSize, x: tf.Tensor) -> StepSize:
+    """Δt shaped to scale the states `x`: a float as is, a `(batch, 1)` tensor with one axis per state axis."""
+    if isinstance(dt, (int, float)):
+        return dt
+    return tf.reshape(tf.cast(dt, x.dtype), [-1] + [1] * (x.shape.rank - 1))
+
+
+def _later(t: tf.Tensor | None, delta: StepSize) -> tf.Tensor | None:
     return None if t is None else t + delta
 
 

@@ -13,6 +13,7 @@ import tensorflow as tf
 import tensorflow_probability as tfp
 
 from keras_tlnode.adaptive import EvaluationBudget, Solution, dormand_prince
+from keras_tlnode.schemes import per_state
 from keras_tlnode.validation import check_bool, check_float, check_int
 
 Field = Callable[..., tf.Tensor]
@@ -70,18 +71,22 @@ class DormandPrinceTeacher:
         self._budget = EvaluationBudget(1 + self.max_num_steps * tfp.math.ode.DormandPrince.ODE_FN_EVALS_PER_STEP)
         self.strategy = tf.distribute.get_strategy()
 
-    def solve(self, field: Field, x: tf.Tensor, dt: float, t: tf.Tensor | None = None) -> Solution:
+    def solve(self, field: Field, x: tf.Tensor, dt: float | tf.Tensor, t: tf.Tensor | None = None) -> Solution:
         """The solution at Δt = `dt` from the states `x` (at times `t`, `(batch, 1)`, if given).
 
-        The whole batch is one system for the solver, so its steps follow the
-        stiffest sample; `nfe` counts the calls of `field` on that batch.
+        `dt` is a float, or a `(batch, 1)` tensor of one Δt per state: the
+        solve runs over s ∈ [0, 1] on dx/ds = Δt · f(x, t + s Δt), so that every
+        state reaches its own Δt. The whole batch is one system for the solver,
+        so its steps follow the stiffest sample; `nfe` counts the calls of
+        `field` on that batch.
         """
 
-        def run(x: tf.Tensor, t: tf.Tensor | None) -> Solution:
-            def shifted(y: tf.Tensor, elapsed: tf.Tensor) -> tf.Tensor:
-                return field(y) if t is None else field(y, t + elapsed)
+        def run(x: tf.Tensor, t: tf.Tensor | None, dt: float | tf.Tensor) -> Solution:
+            def rescaled(y: tf.Tensor, s: tf.Tensor) -> tf.Tensor:
+                derivative = field(y) if t is None else field(y, t + s * dt)
+                return per_state(dt, y) * derivative
 
-            solution = dormand_prince(shifted, x, [dt], self.rtol, self.atol, self.dtype, self._budget)
+            solution = dormand_prince(rescaled, x, [1.0], self.rtol, self.atol, self.dtype, self._budget)
             # Stopped inside the function too: a recording tape would otherwise
             # build the compiled call's backward pass, tfp's adjoint solve.
             states = tf.stop_gradient(solution.states[-1])
@@ -89,7 +94,7 @@ class DormandPrinceTeacher:
 
         if self.jit_compile:
             run = tf.function(run, jit_compile=True, autograph=False)
-        return run(tf.stop_gradient(x), t)
+        return run(tf.stop_gradient(x), t, dt)
 
     def get_config(self) -> dict:
         return {

@@ -181,7 +181,7 @@ class TLNODEModel(keras.Model):
             self._tl_metrics["trust"].update_state(tf.add_n([_trust(layer) for layer in corrected]) / len(corrected))
             if _correction_variables(corrected):
                 # A shared layer's correction is fitted on the inputs of all of its calls.
-                inputs = {layer: tf.concat(calls.inputs[layer], axis=0) for layer in corrected}
+                inputs = {layer: _all_calls(layer, calls.inputs[layer]) for layer in corrected}
                 self._correction_phase(corrected, inputs)
         return self.compute_metrics(x, y, y_pred, sample_weight=sample_weight)
 
@@ -249,7 +249,7 @@ class TLNODEModel(keras.Model):
 
         def solve() -> tuple:
             problems = [draw(inputs[draw.layer]) for draw in draws]
-            solutions = [self.teacher.solve(p.layer.derivative, p.states, p.layer.step_size, p.times) for p in problems]
+            solutions = [self.teacher.solve(p.layer.derivative, p.states, p.step_size, p.times) for p in problems]
             ok = tf.reduce_all([s.ok for s in solutions])
             nfe = tf.add_n([tf.cast(s.nfe, tf.float32) for s in solutions])
             targets = [tf.where(ok, s.states, tf.zeros_like(s.states)) for s in solutions]
@@ -362,37 +362,42 @@ class _CorrectionDraw(NamedTuple):
     starts (None: all of them), drawn by a stateless RNG keyed on the step
     number, so that a resumed run (BackupAndRestore) stays bit-equal to an
     uninterrupted one; `times` are the picked starts' times (time-dependent
-    fields) or None.
+    fields) or None, `sizes` their Δt with per-sample durations, else None.
     """
 
     layer: TaylorLagrangeODE
     picks: tf.Tensor | None
     times: tf.Tensor | None
+    sizes: tf.Tensor | None
 
     @classmethod
-    def draw(cls, layer: TaylorLagrangeODE, inputs: tf.Tensor, samples: int | None, step: tf.Tensor) -> _CorrectionDraw:
-        count = tf.shape(inputs)[0] * layer.num_steps
-        index = None
+    def draw(
+        cls, layer: TaylorLagrangeODE, inputs: tf.Tensor | list, samples: int | None, step: tf.Tensor
+    ) -> _CorrectionDraw:
+        count = tf.shape(_states(inputs))[0] * layer.num_steps
+        picks = None
         if samples is not None:
             keys = tf.random.stateless_uniform(tf.reshape(count, [1]), seed=tf.stack([_SAMPLING_SEED, step]))
-            index = tf.argsort(keys)[:samples]
-        times = layer.step_times(tf.shape(inputs)[0], inputs.dtype)
-        if times is not None and index is not None:
-            times = tf.gather(times, index)
-        return cls(layer, index, times)
+            picks = tf.argsort(keys)[:samples]
+        times, sizes = layer.step_times(inputs), layer.step_sizes(inputs)
+        if picks is not None:
+            times = None if times is None else tf.gather(times, picks)
+            sizes = None if sizes is None else tf.gather(sizes, picks)
+        return cls(layer, picks, times, sizes)
 
-    def __call__(self, inputs: tf.Tensor) -> _CorrectionProblem:
+    def __call__(self, inputs: tf.Tensor | list) -> _CorrectionProblem:
         """The drawn step starts of the layer's rollout from `inputs` (this runs the rollout)."""
         states = self.layer.step_starts(inputs)
         return self.at(states if self.picks is None else tf.gather(states, self.picks))
 
-    def zeros(self, inputs: tf.Tensor) -> tf.Tensor:
+    def zeros(self, inputs: tf.Tensor | list) -> tf.Tensor:
         """Zeros shaped like the drawn states, for a step without a teacher solve."""
-        count = tf.shape(inputs)[0] * self.layer.num_steps if self.picks is None else tf.shape(self.picks)[0]
-        return tf.zeros(tf.concat([[count], tf.shape(inputs)[1:]], axis=0), inputs.dtype)
+        x = _states(inputs)
+        count = tf.shape(x)[0] * self.layer.num_steps if self.picks is None else tf.shape(self.picks)[0]
+        return tf.zeros(tf.concat([[count], tf.shape(x)[1:]], axis=0), x.dtype)
 
     def at(self, states: tf.Tensor) -> _CorrectionProblem:
-        return _CorrectionProblem(self.layer, states, self.times)
+        return _CorrectionProblem(self.layer, states, self.times, self.sizes)
 
 
 class _CorrectionProblem(NamedTuple):
@@ -401,6 +406,12 @@ class _CorrectionProblem(NamedTuple):
     layer: TaylorLagrangeODE
     states: tf.Tensor
     times: tf.Tensor | None
+    sizes: tf.Tensor | None
+
+    @property
+    def step_size(self) -> float | tf.Tensor:
+        """Each state's Δt `(n, 1)` with per-sample durations, else the layer's Δt."""
+        return self.layer.step_size if self.sizes is None else self.sizes
 
     def loss(self, target: tf.Tensor) -> tf.Tensor:
         """Mean squared gap between the layer's step from `states`, at full correction, and `target`."""
@@ -408,7 +419,10 @@ class _CorrectionProblem(NamedTuple):
         # constant analysis of the nested JVPs turns the inputs and weights into
         # compile-time constants and recompiles on every step (docs/support.md, "Limitations").
         prediction, _ = rollout(
-            lambda s, k: self.layer.step(s, self.times, apply_trust=False), self.states, 1, return_trajectory=False
+            lambda s, k: self.layer.step(s, self.times, apply_trust=False, step_size=self.sizes),
+            self.states,
+            1,
+            return_trajectory=False,
         )
         # In float32 at least: float16 squares of small gaps underflow.
         gap = tf.cast(prediction - target, tf.float32) if prediction.dtype == tf.float16 else prediction - target
@@ -416,6 +430,25 @@ class _CorrectionProblem(NamedTuple):
 
 
 _SAMPLING_SEED = 20220115
+
+
+def _all_calls(layer: TaylorLagrangeODE, calls: list) -> tf.Tensor | list:
+    """The inputs of all of a layer's calls as one batch: `x`, or `[x, duration]` if any call had durations."""
+    if not any(isinstance(inputs, (list, tuple)) for inputs in calls):
+        return tf.concat(calls, axis=0)
+    xs, durations = [], []
+    for inputs in calls:
+        x, duration = inputs if isinstance(inputs, (list, tuple)) else (inputs, None)
+        if duration is None:
+            duration = tf.fill(tf.stack([tf.shape(x)[0], 1]), tf.constant(layer.duration, x.dtype))
+        xs.append(x)
+        durations.append(tf.reshape(tf.cast(duration, x.dtype), (-1, 1)))
+    return [tf.concat(xs, axis=0), tf.concat(durations, axis=0)]
+
+
+def _states(inputs: tf.Tensor | list) -> tf.Tensor:
+    """The states of a TL layer's inputs, `x` or `[x, duration]`."""
+    return inputs[0] if isinstance(inputs, (list, tuple)) else inputs
 
 
 def _correction_variables(layers: list[TaylorLagrangeODE]) -> list:

@@ -157,7 +157,7 @@ def test_nfe_counts_vector_field_calls(kwargs, nfe):
     x = tf.ones((3, 2))
     calls.clear()
     # Trace with a single step per loop body, so each call of f is counted once per step.
-    graph = tf.function(layer._integrate).get_concrete_function(tf.TensorSpec((None, 2)), False)
+    graph = tf.function(layer._integrate).get_concrete_function(tf.TensorSpec((None, 2)), None, False)
     assert graph is not None
     assert len(calls) * layer.num_steps == nfe
     assert layer.nfe == nfe
