@@ -74,11 +74,11 @@ class System(NamedTuple):
     learning_rate: tuple[float, float]
 
 
-def limit_cycle(states: np.ndarray) -> np.ndarray:
-    """κ (1 - |x|²) x + ω R x."""
+def limit_cycle(states: np.ndarray, kappa: float = KAPPA, omega: float = OMEGA) -> np.ndarray:
+    """κ (1 - |x|²) x + ω R x: attraction onto the unit circle at rate κ, rotation at ω."""
     radius2 = np.sum(states**2, axis=-1, keepdims=True)
     rotation = np.stack([-states[..., 1], states[..., 0]], axis=-1)
-    return KAPPA * (1.0 - radius2) * states + OMEGA * rotation
+    return kappa * (1.0 - radius2) * states + omega * rotation
 
 
 def annulus(rng: np.random.Generator, n: int, low: float = 0.3, high: float = 1.6) -> np.ndarray:

@@ -151,19 +151,30 @@ def rollout_layer(ode: keras.layers.Layer, num_steps: int) -> keras.layers.Layer
 
 
 def nfe_per_call(ode: keras.layers.Layer, batches: list) -> float:
-    """f-evaluations per call: fixed for the fixed-step layers, the mean over `batches` for DormandPrince."""
+    """f-evaluations per call: fixed for the fixed-step layers, the mean over `batches` for DormandPrince.
+
+    A batch is the layer's input: `x`, or `[x, duration]` for per-sample spans.
+    """
     if isinstance(ode, keras_tlnode.DormandPrinceODE):
         solve = tf.function(ode.solve)
-        return float(np.mean([int(solve(tf.constant(batch)).nfe) for batch in batches]))
+        return float(np.mean([int(solve(tf.nest.map_structure(tf.constant, batch)).nfe) for batch in batches]))
     return float(ode.nfe)
 
 
 def rk4_flow(
-    field: Callable[[np.ndarray], np.ndarray], states: np.ndarray, dt: float, max_substep: float = 5e-4
+    field: Callable[[np.ndarray], np.ndarray],
+    states: np.ndarray,
+    dt: float | np.ndarray,
+    max_substep: float = 5e-4,
 ) -> np.ndarray:
-    """The states `dt` later under dx/dt = field(x): float64 RK4 in substeps of at most `max_substep` (the truth of the examples)."""
-    substeps = max(1, math.ceil(dt / max_substep - 1e-9))
-    h = dt / substeps
+    """The states `dt` later under dx/dt = field(x): float64 RK4 in substeps of at most `max_substep` (the truth of the examples).
+
+    `dt` is one interval for every state or one per state, shape `(batch,)`;
+    every state then takes the same number of substeps, each of its own size.
+    """
+    dt = np.asarray(dt, dtype=np.float64)
+    substeps = max(1, math.ceil(float(np.max(dt)) / max_substep - 1e-9))
+    h = (dt / substeps)[..., np.newaxis] if dt.ndim else dt / substeps
     x = np.asarray(states, dtype=np.float64)
     for _ in range(substeps):
         k1 = field(x)

@@ -56,3 +56,17 @@ def test_relative_l2_and_median_seconds_guard():
     assert harness.relative_l2(np.array([3.0, 4.0]) * 1.1, np.array([3.0, 4.0])) == pytest.approx(0.1)
     with pytest.raises(ValueError, match="`inputs`"):
         harness.median_seconds(lambda x: x, [1, 2])
+
+
+def test_rk4_flow_takes_one_interval_per_state():
+    """dx/dt = ω R x (R: rotation by 90°) turns each state by ω·dt_i: the closed form, per state."""
+    omega = 3.0
+    field = lambda x: omega * np.stack([-x[..., 1], x[..., 0]], axis=-1)  # noqa: E731
+    x = np.random.default_rng(0).normal(size=(4, 2))
+    dt = np.array([0.01, 0.1, 0.3, 0.2])
+    angle = omega * dt
+    turned = np.stack(
+        [np.cos(angle) * x[:, 0] - np.sin(angle) * x[:, 1], np.sin(angle) * x[:, 0] + np.cos(angle) * x[:, 1]], -1
+    )
+    np.testing.assert_allclose(harness.rk4_flow(field, x, dt, max_substep=1e-3), turned, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(harness.rk4_flow(field, x, 0.3), harness.rk4_flow(field, x, np.full(4, 0.3)), atol=0)

@@ -140,6 +140,7 @@ def test_export_serves_state_and_duration(tmp_path):
     ode = kt.TaylorLagrangeODE(LinearField(A), num_steps=2, correction=kt.MidpointCorrection(use_step_size=True))
     model = keras.Model([state, duration], ode([state, duration]))
     kt.export_saved_model(model, tmp_path / "served", trajectory=True)
+    model.export(tmp_path / "keras", verbose=False)  # Keras's own export takes the same two inputs
     x, d = X0.astype("float32"), DURATIONS.astype("float32")
     expected = model.predict([x, d], verbose=0)
     np.save(tmp_path / "x.npy", x)
@@ -151,6 +152,8 @@ def test_export_serves_state_and_duration(tmp_path):
         f"x, d = np.load({str(tmp_path / 'x.npy')!r}), np.load({str(tmp_path / 'd.npy')!r})\n"
         "named = served.signatures['serving_default'](state=tf.constant(x), duration=tf.constant(d))\n"
         "assert np.allclose(list(named.values())[0].numpy(), served.serve([x, d]).numpy())\n"
+        f"keras_served = tf.saved_model.load({str(tmp_path / 'keras')!r})\n"
+        "assert np.allclose(keras_served.serve([x, d]).numpy(), served.serve([x, d]).numpy(), rtol=0, atol=1e-6)\n"
         "print(served.serve([x, d]).numpy().tolist(), served.trajectory([x, d]).numpy().shape)\n"
     )
     run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300, check=False)
