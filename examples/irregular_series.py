@@ -136,6 +136,7 @@ def run(method: str, data: dict, test: dict, config: dict, label: str) -> dict:
         epochs=math.ceil(config["steps"] / per_epoch),
         steps_per_epoch=per_epoch,
         verbose=0,
+        shuffle=False,  # the dataset is shuffled, in the same order for every method
         callbacks=[log],
     )
     predict = tf.function(lambda inputs: model(inputs, training=False))
