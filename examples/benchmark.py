@@ -243,11 +243,11 @@ def ms_per_step(model: keras.Model, dataset: tf.data.Dataset, steps: int, repeat
     A warm-up fit traces and compiles first; the best, not the mean, because
     this machine's noise only ever adds time.
     """
-    model.fit(dataset.take(warmup), verbose=0)
+    model.fit(dataset.take(warmup), verbose=0, shuffle=False)
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
-        model.fit(dataset.take(steps), verbose=0)
+        model.fit(dataset.take(steps), verbose=0, shuffle=False)
         times.append(time.perf_counter() - start)
     return 1e3 * min(times) / steps
 
