@@ -21,6 +21,7 @@ from collections.abc import Callable
 import keras
 import tensorflow as tf
 
+from keras_tlnode.jvp_rules import rules_inlined
 from keras_tlnode.validation import check_int
 
 MAX_ORDER = 6
@@ -81,7 +82,8 @@ def taylor_coefficients(fn: VectorField, x: tf.Tensor, order: int, t: tf.Tensor 
     # recording it op by op inside a graph returns wrong gradients from order 2
     # on; the gradient of a function call, built from its graph, is right. A
     # fresh tf.function per call holds no reference to `fn` after it returns.
-    return tf.function(_nested_pass, autograph=False)(fn, x, order, t)
+    with rules_inlined():
+        return tf.function(_nested_pass, autograph=False)(fn, x, order, t)
 
 
 def _nested_pass(fn: VectorField, x: tf.Tensor, order: int, t: tf.Tensor | None) -> tf.Tensor:
