@@ -1,7 +1,7 @@
 """Export for serving: a TensorFlow SavedModel that holds the inference path only.
 
 `model.export(path)` (Keras's own export) works for models whose TL layers have
-orders 0-3. `export_saved_model` writes the same kind of SavedModel and adds
+any order 0-6, with a dynamic batch size. `export_saved_model` writes the same kind of SavedModel and adds
 what Keras's export cannot do for a TL-NODE:
 
 - a `"trajectory"` endpoint, the states of the model's fixed-step ODE layer
