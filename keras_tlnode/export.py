@@ -1,15 +1,11 @@
 """Export for serving: a TensorFlow SavedModel that holds the inference path only.
 
 `model.export(path)` (Keras's own export) works for models whose TL layers have
-orders 0-3. `export_saved_model` writes the same kind of SavedModel and adds
+any order 0-6, with a dynamic batch size. `export_saved_model` writes the same kind of SavedModel and adds
 what Keras's export cannot do for a TL-NODE:
 
 - a `"trajectory"` endpoint, the states of the model's fixed-step ODE layer
   (`TaylorLagrangeODE` or `FixedStepODE`) at t_initial + 0, Δt, ..., duration, next to the usual `"serve"` endpoint;
-- orders 4-6 with a dynamic batch size (`chunk_size`): outside a GradientTape,
-  TensorFlow's nested forward mode fails at depth 4 and more whenever the batch
-  size is unknown at trace time, so the model is run on fixed-size chunks of
-  the batch;
 - one trace of the model per endpoint, where `model.export` traces it three
   times (its cost grows like 2^order).
 """
@@ -17,13 +13,13 @@ what Keras's export cannot do for a TL-NODE:
 from __future__ import annotations
 
 import os
+import warnings
 
 import keras
 import tensorflow as tf
 from keras.src.export.export_utils import get_input_signature, make_tf_tensor_spec
 
 from keras_tlnode.layers import StepwiseODE, TaylorLagrangeODE, layers_of
-from keras_tlnode.taylor import GUARANTEED_ORDER
 from keras_tlnode.validation import check_optional_int
 
 SERVE = "serve"
@@ -61,17 +57,14 @@ def export_saved_model(
             in which the layer is called once.
         input_signature: list of `tf.TensorSpec` (or `keras.InputSpec`), as in
             `model.export`; default: the model's inputs with a dynamic batch size.
-        chunk_size: run the model on chunks of exactly this many samples (the
-            last one padded), one chunk after the other, inside the served
-            function, so that every tensor has a static shape. Needed for TL
-            layers of order 4 and more with a dynamic batch size; padded rows
-            cost time, so pick about the usual request size. Single-input
-            models whose output is one tensor of the input's dtype, shaped
-            `(batch, ...)`, only.
+        chunk_size: deprecated, no longer needed (every order exports with a
+            dynamic batch) and removed in 1.0; still runs the model on chunks
+            of exactly this many samples (the last one padded), one chunk after
+            the other, with a `DeprecationWarning`. Single-input models whose
+            output is one tensor of the input's dtype, shaped `(batch, ...)`, only.
 
     Raises:
-        ValueError: for an unbuilt model, a TL layer of order >= 4 with a dynamic
-            batch and no `chunk_size`, or a `trajectory` that cannot be served.
+        ValueError: for an unbuilt model or a `trajectory` that cannot be served.
 
     Example:
 
@@ -86,7 +79,8 @@ def export_saved_model(
     chunk_size = check_optional_int(chunk_size, "chunk_size")
     signature = keras.tree.map_structure(make_tf_tensor_spec, list(input_signature or get_input_signature(model)))
     layers = layers_of(model, StepwiseODE)
-    _check_batch(layers, signature, chunk_size)
+    if chunk_size is not None:
+        _check_chunks(signature)
 
     callables = {SERVE: model}
     if trajectory is not False:
@@ -120,23 +114,18 @@ def _captured_variables(functions) -> list[tf.Variable]:
     return list(found.values())
 
 
-def _check_batch(layers: list[StepwiseODE], signature: list[tf.TensorSpec], chunk_size: int | None) -> None:
-    """Orders >= 4 cannot be traced with an unknown batch size (docs/usage.md, "Serving")."""
-    deep = [layer for layer in layers if isinstance(layer, TaylorLagrangeODE) and layer.order > GUARANTEED_ORDER]
-    dynamic = any(spec.shape.rank and spec.shape[0] is None for spec in tf.nest.flatten(signature))
-    if chunk_size is not None:
-        single = len(signature) == 1 and isinstance(signature[0], tf.TensorSpec)
-        if not single or not signature[0].shape.rank or not signature[0].shape[1:].is_fully_defined():
-            raise ValueError(
-                "`chunk_size` needs a model with one input tensor of a fully defined shape besides the batch "
-                f"axis, got the input signature {signature}."
-            )
-    elif deep and dynamic:
-        names = ", ".join(f"{layer.name} (order {layer.order})" for layer in deep)
+def _check_chunks(signature: list[tf.TensorSpec]) -> None:
+    warnings.warn(
+        "`chunk_size` is deprecated and will be removed in 1.0: every order now exports with a dynamic batch "
+        "size, and the model runs on the whole batch without it.",
+        DeprecationWarning,
+        stacklevel=3,
+    )
+    single = len(signature) == 1 and isinstance(signature[0], tf.TensorSpec)
+    if not single or not signature[0].shape.rank or not signature[0].shape[1:].is_fully_defined():
         raise ValueError(
-            f"TensorFlow's nested forward mode fails from order {GUARANTEED_ORDER + 1} on when the batch size is "
-            f"unknown at inference trace time, which a dynamic-batch signature makes it: {names}. Pass `chunk_size` "
-            "(the model then runs on fixed-size chunks of the batch) or an `input_signature` with a fixed batch size."
+            "`chunk_size` needs a model with one input tensor of a fully defined shape besides the batch "
+            f"axis, got the input signature {signature}."
         )
 
 

@@ -348,8 +348,8 @@ class TaylorLagrangeODE(StepwiseODE):
             `time_dependent=True` it is called as `vector_field([x, t])`, `t` of
             shape `(batch, 1)`.
         order: p, the degree of the Taylor polynomial, an int in [0, 6]; the
-            remainder uses the (p+1)-th derivative. Orders above 3 work only for
-            some ops (docs/support.md).
+            remainder uses the (p+1)-th derivative. Orders above 3 trace
+            slowly for ops without a forward-mode rule (docs/support.md).
         num_steps: number of fixed steps, >= 1.
         duration: length of the integration interval, finite and > 0
             (default 1.0).

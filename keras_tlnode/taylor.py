@@ -21,17 +21,20 @@ from collections.abc import Callable
 import keras
 import tensorflow as tf
 
+from keras_tlnode.jvp_rules import rules_inlined
 from keras_tlnode.validation import check_int
 
 MAX_ORDER = 6
-# Nested forward mode holds for every TensorFlow op up to this depth (measured
-# on TF 2.21); deeper nests fail inside TensorFlow for some ops (docs/support.md,
-# "Support matrix"), and are reported as NotImplementedError rather than raw errors.
+# TensorFlow's own nested forward mode holds for every op up to this depth
+# (measured on TF 2.21). Deeper, the package's forward-mode rules (jvp_rules.py)
+# carry every op measured to order 6 (docs/support.md, "Support matrix"); should
+# TensorFlow still fail for an op without a rule, the failure is reported as a
+# NotImplementedError naming the field's line rather than a raw error.
 GUARANTEED_ORDER = 3
 
-# Errors TensorFlow's nested JVP machinery raises at depth 4-6 for ops such as
-# pow, gather and strided slices (e.g. "Cannot convert a partially known
-# TensorShape", "returned a result with an exception set").
+# Errors TensorFlow's nested JVP machinery raised at depth 4-6 before the rules
+# (e.g. "Cannot convert a partially known TensorShape", "returned a result with
+# an exception set", an IndexError recording a function with no outputs).
 _NESTED_FORWARD_ERRORS = (ValueError, TypeError, IndexError, SystemError, tf.errors.OpError)
 
 VectorField = Callable[..., tf.Tensor]
@@ -55,12 +58,11 @@ def taylor_coefficients(fn: VectorField, x: tf.Tensor, order: int, t: tf.Tensor 
         fn: maps a batch of states to their time derivatives, same shape and
             dtype as `x`. With `t`, it is called as `fn(x, t)`.
         x: floating tensor of shape `(batch, ...)`: vectors, images, any rank.
-        order: highest derivative index to return, an int in [0, 6]. Orders 0-3
-            work for every TensorFlow op; orders 4-6 depend on the ops in `fn`
-            and raise `NotImplementedError` naming the failing line otherwise.
+        order: highest derivative index to return, an int in [0, 6], at any
+            batch size (known or not at trace time). Should TensorFlow fail for
+            an op of `fn` at orders 4-6, a `NotImplementedError` names its line.
         t: optional time tensor, for non-autonomous fields `dx/dt = fn(x, t)`.
-            It advances at unit rate (dt/dt = 1) and is broadcast by `fn` itself
-            (broadcasting ops limit the order to 3, see docs/support.md).
+            It advances at unit rate (dt/dt = 1) and is broadcast by `fn` itself.
 
     Returns:
         A tensor of shape `(order + 1, *x.shape)`.
@@ -81,7 +83,11 @@ def taylor_coefficients(fn: VectorField, x: tf.Tensor, order: int, t: tf.Tensor 
     # recording it op by op inside a graph returns wrong gradients from order 2
     # on; the gradient of a function call, built from its graph, is right. A
     # fresh tf.function per call holds no reference to `fn` after it returns.
-    return tf.function(_nested_pass, autograph=False)(fn, x, order, t)
+    # The pass is traced with the package's forward-mode rules (jvp_rules.py):
+    # without them, depth 4 fails for an unknown batch size and XLA compiles
+    # again at every call from depth 2.
+    with rules_inlined():
+        return tf.function(_nested_pass, autograph=False)(fn, x, order, t)
 
 
 def _nested_pass(fn: VectorField, x: tf.Tensor, order: int, t: tf.Tensor | None) -> tf.Tensor:
@@ -125,8 +131,9 @@ def _unsupported_message(order: int, depth: int, error: Exception) -> str:
     return (
         f"taylor_coefficients(order={order}): TensorFlow's nested forward mode fails at depth {depth} "
         f"for an op of the vector field{where}: {type(error).__name__}: {error}. Orders 0-{GUARANTEED_ORDER} "
-        "work for every op; at higher orders rewrite that op (e.g. `x * x` instead of `x**2`, a matmul "
-        "with a one-hot matrix instead of `tf.gather`) or lower `order` (keras_tlnode docs/support.md, 'Support matrix')."
+        "work for every op; at higher orders rewrite that op with ops that have a forward-mode rule in "
+        "keras_tlnode/jvp_rules.py (products, matmuls, tanh, ...) or lower `order` (keras_tlnode docs/support.md, "
+        "'Support matrix')."
     )
 
 

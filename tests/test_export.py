@@ -27,7 +27,7 @@ import keras_tlnode as kt
 
 STATE = 3
 TOLERANCE = 1e-6  # max abs difference, float32
-BATCHES = {"batch1": 1, "batch5": 5}  # two batch sizes through one dynamic-batch signature
+BATCHES = {"batch1": 1, "batch3": 3, "batch7": 7}  # three batch sizes through one dynamic-batch signature
 
 
 # ------------------------------------------------------------------ the models
@@ -130,6 +130,13 @@ CASES = {
     "functional_o3_vector": (lambda: functional(ode(3, "vector")), "keras"),
     "sequential_o3_matrix_trajectory": (lambda: sequential(ode(3, "matrix", trajectory=True)), "keras"),
     "taylor_o2_uncorrected": (lambda: functional(ode(2, None)), "keras"),
+    # Orders 4-5 through Keras's own export with a dynamic batch (issue 11);
+    # order 5 on a one-layer field, as its trace costs in proportion to the field's ops.
+    "functional_o4_vector": (lambda: functional(ode(4, "vector")), "keras"),
+    "functional_o5_uncorrected": (
+        lambda: functional(ode(5, None, vector_field=keras.Sequential([keras.layers.Dense(STATE, activation="tanh")]))),
+        "keras",
+    ),
     "euler": (lambda: functional(ode(correction=None, method="euler", steps=3)), "keras"),
     "heun_trajectory": (lambda: sequential(ode(correction=None, method="heun", trajectory=True)), "keras"),
     "rk4": (lambda: functional(ode(correction=None, method="rk4")), "keras"),
@@ -365,8 +372,8 @@ def test_keras_export_names_the_endpoints_as_tf_serving_expects(served):
 
 def test_trajectory_endpoint_has_every_state(exported):
     case = exported["helper_encoder_trajectory"]
-    trajectory = case["expected"]["trajectory"]["batch5"]
-    assert trajectory.shape == (5, 4, 4)  # (batch, num_steps + 1, latent)
+    trajectory = case["expected"]["trajectory"]["batch7"]
+    assert trajectory.shape == (7, 4, 4)  # (batch, num_steps + 1, latent)
 
 
 # ------------------------------------------------------ what the export holds
@@ -514,34 +521,18 @@ def test_trajectory_endpoint_needs_one_known_layer(tmp_path):
     np.testing.assert_allclose(states[:, -1], two(x).numpy(), atol=1e-6)
 
 
-def test_order_4_with_a_dynamic_batch_asks_for_chunk_size(tmp_path):
-    model = functional(ode(4, "vector"))
-    with pytest.raises(ValueError, match="chunk_size"):
-        kt.export_saved_model(model, tmp_path / "o4")
-    with pytest.raises(ValueError, match="chunk_size"):
-        kt.export_saved_model(model, tmp_path / "o4", chunk_size=0)
-
-
-@pytest.mark.slow
-def test_order_4_exports_with_chunks_and_serves_any_batch(tmp_path):
+def test_chunk_size_is_deprecated_and_still_chunks(tmp_path):
     keras.utils.set_random_seed(4)
-    # A one-layer field: tracing depth 5 (order 4 and its remainder) costs in
-    # proportion to the field's ops, and the chunking is the same for any field.
     model = functional(ode(4, "vector", vector_field=keras.Sequential([keras.layers.Dense(STATE, activation="tanh")])))
     randomize(model, 4)
     path = str(tmp_path / "o4" / "1")
-    kt.export_saved_model(model, path, chunk_size=4, trajectory=True)
+    with pytest.warns(DeprecationWarning, match="chunk_size"):
+        kt.export_saved_model(model, path, chunk_size=4)
     served = tf.saved_model.load(path)
     x = np.random.default_rng(4).uniform(-1, 1, (9, STATE)).astype("float32")
     expected = model.predict(x, batch_size=len(x), verbose=0)
-    for size in (0, 1, 4, 9):  # none, less than, exactly and more than one chunk (padded)
-        got = served.serve(tf.constant(x[:size])).numpy()
-        np.testing.assert_allclose(got, expected[:size], rtol=0, atol=TOLERANCE)
-        assert served.trajectory(tf.constant(x[:size])).shape == (size, 3, STATE)
-    # Keras's own export fails at order 4 even with a fixed batch (its default
-    # save signature retraces the model with a dynamic batch).
-    with pytest.raises(NotImplementedError):
-        model.export(str(tmp_path / "keras"), verbose=False, input_signature=[tf.TensorSpec((4, STATE))])
+    for size in (0, 1, 9):  # none, less than and more than one chunk (padded)
+        np.testing.assert_allclose(served.serve(tf.constant(x[:size])).numpy(), expected[:size], rtol=0, atol=TOLERANCE)
 
 
 # --------------------------------------------------------------------- TFLite

@@ -299,3 +299,38 @@ def test_configs_saved_by_0_1_load_with_the_new_names():
     layer = kt.TaylorLagrangeODE.from_config({**old, "method": "taylor_lagrange"})
     assert type(layer) is kt.TaylorLagrangeODE and layer.duration == 0.5
     assert "t_final" not in layer.get_config() and "method" not in layer.get_config()
+
+
+# --- orders 4-5 at any batch size (issue 11) --------------------------------------------
+
+
+def affine_taylor_step(matrix: np.ndarray, bias: np.ndarray, x: np.ndarray, h: float, order: int) -> np.ndarray:
+    """The uncorrected Taylor-Lagrange step of order p for dx/dt = A x + b, derived by hand:
+    x^(k) = A^(k-1) (A x + b), so x_1 = x + Σ_{k=1..p+1} h^k/k! A^(k-1) (A x + b)."""
+    derivative, step = x @ matrix.T + bias, x.copy()
+    for k in range(1, order + 2):
+        step = step + h**k / math.factorial(k) * derivative
+        derivative = derivative @ matrix.T
+    return step
+
+
+@pytest.mark.parametrize("order", [4, 5])
+def test_high_order_predict_matches_closed_form_for_any_batch_size(order):
+    # Before issue 11, a second batch size (Keras retracing with an unknown
+    # batch) failed from order 4 on for every field.
+    rng = np.random.default_rng(order)
+    matrix, bias = rng.uniform(-1, 1, (3, 3)), rng.uniform(-1, 1, 3)
+    field = keras.layers.Dense(3, dtype="float64")
+    field.build((None, 3))
+    field.set_weights([matrix.T, bias])
+    inputs = keras.Input((3,), dtype="float64")
+    model = keras.Model(inputs, kt.TaylorLagrangeODE(field, order=order, duration=0.3, dtype="float64")(inputs))
+    # Exact in float32: Keras's predict casts float64 arrays to float32 first.
+    x = rng.uniform(-1, 1, (37, 3)).astype("float32").astype("float64")
+    for batch_size in (32, 7):  # 32 + a ragged 5, then 7: three batch sizes, traced with an unknown batch
+        np.testing.assert_allclose(
+            model.predict(x, batch_size=batch_size, verbose=0),
+            affine_taylor_step(matrix, bias, x, 0.3, order),
+            rtol=1e-12,
+            atol=1e-12,
+        )

@@ -1,0 +1,165 @@
+"""Forward-mode (JVP) rules, inlined into the graph, for the ops of usual vector fields.
+
+`tf.autodiff.ForwardAccumulator` computes the JVP of an op by transposing the
+op's gradient twice, inside a traced function per op; a nest of accumulators
+then differentiates those function calls in turn. Three failures of the nested
+pass come from there (measured on TensorFlow 2.21, docs/support.md):
+
+- With a batch size unknown at trace time, the transposition's `ones_like` of an
+  output creates a `Shape` op; its JVP function has no outputs, and TensorFlow's
+  record of such a call fails (`IndexError` in `_DelayedRewriteGradientFunctions`)
+  from depth 4 on, for every field.
+- Under XLA, the gradients of broadcasting, reducing and concatenating ops
+  compute integer tensors (reduction axes, `Tile` multiples, concat offsets)
+  that leave one function and enter the next as compile-time constants. XLA's
+  constant analysis cannot see that such an output depends on shapes only and
+  demands every input of that function as a constant, back to the states and
+  the weights: XLA compiles again for every new input and weight update, from
+  depth 2 on.
+- Under XLA, the gradient of a slice is an `XlaDynamicUpdateSlice`, which has no
+  gradient: reverse mode over forward mode (training) of slicing or
+  concatenating fields fails.
+
+A rule here states the JVP directly (a linear op applied to the tangents, the
+product rule, the derivative of an elementwise function), and `rules_inlined()`
+makes TensorFlow emit it straight into the graph being traced instead of into a
+function call: no gradient graph, no integer tensor crosses a function boundary,
+and the outer accumulators differentiate the rule's ops with the rules again.
+Ops without a rule keep TensorFlow's own JVP; ops with no floating output (shape
+queries) get none, as TensorFlow's transposition would give, without a call.
+Every rule is checked against closed forms in tests/test_taylor.py.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Callable, Iterator, Sequence
+
+import tensorflow as tf
+from tensorflow.python import pywrap_tfe
+from tensorflow.python.eager import forwardprop
+
+Tensors = Sequence[tf.Tensor]
+# rule(attributes, inputs, outputs, tangents) -> output tangents. TensorFlow
+# passes zeros as the tangent of a floating input that has none, and None for
+# integer inputs (shapes, axes, indices).
+Rule = Callable[[dict, Tensors, Tensors, Sequence], list]
+
+
+def _mat_mul(attributes: dict, inputs: Tensors, outputs: Tensors, tangents: Sequence) -> list:
+    flags = {"transpose_a": attributes["transpose_a"], "transpose_b": attributes["transpose_b"]}
+    (a, b), (ta, tb) = inputs, tangents
+    return [tf.linalg.matmul(ta, b, **flags) + tf.linalg.matmul(a, tb, **flags)]
+
+
+def _batch_mat_mul(attributes: dict, inputs: Tensors, outputs: Tensors, tangents: Sequence) -> list:
+    flags = {"adjoint_a": attributes["adj_x"], "adjoint_b": attributes["adj_y"]}
+    (a, b), (ta, tb) = inputs, tangents
+    return [tf.linalg.matmul(ta, b, **flags) + tf.linalg.matmul(a, tb, **flags)]
+
+
+def _strided_slice(attributes: dict, inputs: Tensors, outputs: Tensors, tangents: Sequence) -> list:
+    masks = ("begin_mask", "end_mask", "ellipsis_mask", "new_axis_mask", "shrink_axis_mask")
+    return [
+        tf.raw_ops.StridedSlice(
+            input=tangents[0], begin=inputs[1], end=inputs[2], strides=inputs[3], **{m: attributes[m] for m in masks}
+        )
+    ]
+
+
+def _pow(attributes: dict, inputs: Tensors, outputs: Tensors, tangents: Sequence) -> list:
+    (x, y), (tx, ty), (z,) = inputs, tangents, outputs
+    base_term = tx * y * tf.pow(x, y - 1)
+    if tf.get_static_value(y) is not None:
+        # A constant exponent (`x**2`) has a zero tangent: leaving its term out
+        # keeps each depth from doubling the nest's ops.
+        return [base_term]
+    # As TensorFlow's gradient of Pow: log x only where x > 0, zero elsewhere.
+    positive = x > 0
+    log_x = tf.where(positive, tf.math.log(tf.where(positive, x, tf.ones_like(x))), tf.zeros_like(x))
+    return [base_term + ty * z * log_x]
+
+
+_TWO_OVER_ROOT_PI = 2 / math.sqrt(math.pi)
+
+RULES: dict[str, Rule] = {
+    # Linear in their floating inputs: the op applied to the tangents.
+    "AddV2": lambda a, i, o, t: [t[0] + t[1]],
+    "Add": lambda a, i, o, t: [t[0] + t[1]],
+    "Sub": lambda a, i, o, t: [t[0] - t[1]],
+    "Neg": lambda a, i, o, t: [-t[0]],
+    "BiasAdd": lambda a, i, o, t: [tf.raw_ops.BiasAdd(value=t[0], bias=t[1], data_format=a["data_format"])],
+    "BiasAddGrad": lambda a, i, o, t: [tf.raw_ops.BiasAddGrad(out_backprop=t[0], data_format=a["data_format"])],
+    "Sum": lambda a, i, o, t: [tf.reduce_sum(t[0], i[1], keepdims=a["keep_dims"])],
+    "Mean": lambda a, i, o, t: [tf.reduce_mean(t[0], i[1], keepdims=a["keep_dims"])],
+    "ConcatV2": lambda a, i, o, t: [tf.concat(list(t[:-1]), i[-1])],
+    "Pack": lambda a, i, o, t: [tf.stack(list(t), a["axis"])],
+    "Slice": lambda a, i, o, t: [tf.slice(t[0], i[1], i[2])],
+    "StridedSlice": _strided_slice,
+    "GatherV2": lambda a, i, o, t: [tf.gather(t[0], i[1], axis=i[2], batch_dims=a["batch_dims"])],
+    "Reshape": lambda a, i, o, t: [tf.reshape(t[0], i[1])],
+    "ExpandDims": lambda a, i, o, t: [tf.expand_dims(t[0], i[1])],
+    "Squeeze": lambda a, i, o, t: [tf.squeeze(t[0], a["squeeze_dims"] or None)],
+    "Transpose": lambda a, i, o, t: [tf.transpose(t[0], i[1])],
+    "Tile": lambda a, i, o, t: [tf.tile(t[0], i[1])],
+    "BroadcastTo": lambda a, i, o, t: [tf.broadcast_to(t[0], i[1])],
+    "Cast": lambda a, i, o, t: [tf.cast(t[0], a["DstT"])],
+    "ZerosLike": lambda a, i, o, t: [tf.zeros_like(o[0])],
+    "OnesLike": lambda a, i, o, t: [tf.zeros_like(o[0])],
+    # Bilinear: the product rule.
+    "Mul": lambda a, i, o, t: [t[0] * i[1] + i[0] * t[1]],
+    "RealDiv": lambda a, i, o, t: [(t[0] - o[0] * t[1]) / i[1]],
+    "MatMul": _mat_mul,
+    "BatchMatMulV2": _batch_mat_mul,
+    "Pow": _pow,
+    # Elementwise functions and the gradient ops their own gradients use.
+    "Tanh": lambda a, i, o, t: [t[0] * (1 - o[0] * o[0])],
+    "TanhGrad": lambda a, i, o, t: [t[1] * (1 - i[0] * i[0]) - 2 * i[1] * i[0] * t[0]],
+    "Sigmoid": lambda a, i, o, t: [t[0] * o[0] * (1 - o[0])],
+    "SigmoidGrad": lambda a, i, o, t: [t[1] * i[0] * (1 - i[0]) + i[1] * (1 - 2 * i[0]) * t[0]],
+    "Relu": lambda a, i, o, t: [tf.raw_ops.ReluGrad(gradients=t[0], features=i[0])],
+    "ReluGrad": lambda a, i, o, t: [tf.raw_ops.ReluGrad(gradients=t[0], features=i[1])],
+    "Exp": lambda a, i, o, t: [t[0] * o[0]],
+    "Sin": lambda a, i, o, t: [t[0] * tf.cos(i[0])],
+    "Cos": lambda a, i, o, t: [-t[0] * tf.sin(i[0])],
+    "Erf": lambda a, i, o, t: [t[0] * _TWO_OVER_ROOT_PI * tf.exp(-i[0] * i[0])],
+    "Erfc": lambda a, i, o, t: [-t[0] * _TWO_OVER_ROOT_PI * tf.exp(-i[0] * i[0])],
+}
+
+
+def _jvp(
+    op_name: str, attr_tuple: tuple, inputs: Tensors, outputs: Tensors, tangents: Sequence, use_batch: bool = False
+) -> list:
+    """TensorFlow's JVP callback, with the rules emitted inline while tracing."""
+    if use_batch or tf.executing_eagerly():
+        # Eagerly, inline ops would recurse; batched tangents need TensorFlow's vectorisation.
+        return forwardprop._jvp_dispatch(op_name, attr_tuple, inputs, outputs, tangents, use_batch)
+    if not any(output.dtype.is_floating or output.dtype.is_complex for output in outputs):
+        return [None] * len(outputs)
+    rule = RULES.get(op_name)
+    if rule is None:
+        return forwardprop._jvp_dispatch(op_name, attr_tuple, inputs, outputs, tangents, use_batch)
+    return rule(dict(zip(attr_tuple[::2], attr_tuple[1::2], strict=True)), inputs, outputs, tangents)
+
+
+@contextlib.contextmanager
+def rules_inlined() -> Iterator[None]:
+    """Within this block, forward-mode JVPs use `RULES`, inline (see the module docstring).
+
+    TensorFlow holds one JVP callback per process, with no public API to set it
+    (`forwardprop` registers `_jvp_dispatch` at import); the block sets ours and
+    puts TensorFlow's back, so forward mode outside `taylor_coefficients` stays
+    TensorFlow's own.
+    """
+    _depth[0] += 1
+    pywrap_tfe.TFE_Py_RegisterJVPFunction(_jvp)
+    try:
+        yield
+    finally:
+        _depth[0] -= 1
+        if not _depth[0]:  # a vector field may itself take Taylor coefficients
+            pywrap_tfe.TFE_Py_RegisterJVPFunction(forwardprop._jvp_dispatch)
+
+
+_depth = [0]

@@ -1,0 +1,89 @@
+"""XLA compiles a Taylor-Lagrange training step once (issue 11), counted from XLA's own log.
+
+Before, from order 2 on, XLA's constant analysis demanded the states and weights
+as compile-time constants, so `fit` compiled again at every step. Counting needs
+XLA's compilation log (`TF_CPP_VMODULE`), which is read when TensorFlow loads:
+the training runs in a child process.
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+import re
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+STEPS = 50
+
+CHILD = textwrap.dedent(
+    r"""
+    import sys
+    import keras
+    import numpy as np
+    import tensorflow as tf
+    import keras_tlnode as kt
+
+    class Forced(keras.layers.Layer):
+        # f(x, t) = W2 gelu(W1 x) + sin(t) b: a time-dependent field.
+        def build(self, input_shape):
+            self.hidden = keras.layers.Dense(8, activation="gelu")
+            self.out = keras.layers.Dense(2)
+            self.b = self.add_weight(shape=(2,), initializer="ones")
+
+        def call(self, inputs):
+            x, t = inputs
+            return self.out(self.hidden(x)) + tf.sin(t) * self.b
+
+    def model(order, kind):
+        keras.utils.set_random_seed(order)
+        if kind == "forced":
+            ode = kt.TaylorLagrangeODE(Forced(), order=order, num_steps=2, duration=0.2, time_dependent=True)
+        else:
+            field = keras.Sequential([keras.layers.Dense(8, activation=kind), keras.layers.Dense(2)])
+            ode = kt.TaylorLagrangeODE(field, order=order, num_steps=2, duration=0.2)
+        inputs = keras.Input((2,))
+        tlnode = keras.Model(inputs, ode(inputs))
+        tlnode.compile(optimizer="adam", loss="mse", jit_compile=True)
+        return tlnode
+
+    steps = int(sys.argv[1])
+    for case in sys.argv[2:]:
+        order, kind = case.split("-")
+        tlnode = model(int(order), kind)
+        x = np.random.default_rng(0).uniform(-1, 1, (16 * steps, 2)).astype("float32")
+        print("CASE", case, flush=True)
+        tlnode.fit(x, np.tanh(x), batch_size=16, epochs=1, verbose=0)
+        sys.stderr.flush()
+        print("DONE", case, flush=True)
+    """
+)
+
+
+def compilations(cases: list[str]) -> dict[str, collections.Counter]:
+    """Per case, how often XLA compiled each function (XLA logs every compilation with a running count)."""
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "0", "TF_CPP_VMODULE": "device_compilation_profiler=1"}
+    run = subprocess.run(
+        [sys.executable, "-c", CHILD, str(STEPS), *cases], capture_output=True, text=True, env=env, timeout=600
+    )
+    assert run.returncode == 0, run.stderr[-5000:]
+    # stdout and stderr are separate pipes: the cases run in order, so each
+    # compilation belongs to the case whose function name it carries.
+    counts: dict[str, collections.Counter] = {}
+    for match in re.finditer(r"Compiled (\S+) (\d+) times", run.stderr):
+        counts.setdefault("all", collections.Counter())[match[1]] = int(match[2])
+    assert [line.split()[1] for line in run.stdout.splitlines() if line.startswith("DONE")] == cases
+    return counts
+
+
+@pytest.mark.parametrize("order", [2, 3])
+def test_xla_training_compiles_once(order):
+    cases = [f"{order}-tanh", f"{order}-gelu", f"{order}-forced"]
+    counts = compilations(cases)["all"]
+    steps = {name: count for name, count in counts.items() if "step_on_data" in name}
+    # One training function per case, each compiled once over its 50 steps.
+    assert len(steps) == len(cases), counts
+    assert set(steps.values()) == {1}, counts
