@@ -37,8 +37,15 @@ import math
 from collections.abc import Callable, Iterator, Sequence
 
 import tensorflow as tf
-from tensorflow.python import pywrap_tfe
-from tensorflow.python.eager import forwardprop
+
+try:  # TensorFlow internals, with no public counterpart (see `rules_inlined`).
+    from tensorflow.python import pywrap_tfe
+    from tensorflow.python.eager import forwardprop
+
+    _register_jvp = pywrap_tfe.TFE_Py_RegisterJVPFunction
+    _tensorflow_jvp = forwardprop._jvp_dispatch
+except (ImportError, AttributeError):  # a TensorFlow without them: its own JVPs, orders 0-3 only
+    _register_jvp = _tensorflow_jvp = None
 
 Tensors = Sequence[tf.Tensor]
 # rule(attributes, inputs, outputs, tangents) -> output tangents. TensorFlow
@@ -123,6 +130,11 @@ RULES: dict[str, Rule] = {
     "Exp": lambda a, i, o, t: [t[0] * o[0]],
     "Sin": lambda a, i, o, t: [t[0] * tf.cos(i[0])],
     "Cos": lambda a, i, o, t: [-t[0] * tf.sin(i[0])],
+    "Log": lambda a, i, o, t: [t[0] / i[0]],
+    "Square": lambda a, i, o, t: [2 * i[0] * t[0]],
+    "Sqrt": lambda a, i, o, t: [t[0] / (2 * o[0])],
+    "Softplus": lambda a, i, o, t: [t[0] * tf.sigmoid(i[0])],
+    "SelectV2": lambda a, i, o, t: [tf.where(i[0], t[1], t[2])],
     "Erf": lambda a, i, o, t: [t[0] * _TWO_OVER_ROOT_PI * tf.exp(-i[0] * i[0])],
     "Erfc": lambda a, i, o, t: [-t[0] * _TWO_OVER_ROOT_PI * tf.exp(-i[0] * i[0])],
 }
@@ -134,12 +146,12 @@ def _jvp(
     """TensorFlow's JVP callback, with the rules emitted inline while tracing."""
     if use_batch or tf.executing_eagerly():
         # Eagerly, inline ops would recurse; batched tangents need TensorFlow's vectorisation.
-        return forwardprop._jvp_dispatch(op_name, attr_tuple, inputs, outputs, tangents, use_batch)
+        return _tensorflow_jvp(op_name, attr_tuple, inputs, outputs, tangents, use_batch)
     if not any(output.dtype.is_floating or output.dtype.is_complex for output in outputs):
         return [None] * len(outputs)
     rule = RULES.get(op_name)
     if rule is None:
-        return forwardprop._jvp_dispatch(op_name, attr_tuple, inputs, outputs, tangents, use_batch)
+        return _tensorflow_jvp(op_name, attr_tuple, inputs, outputs, tangents, use_batch)
     return rule(dict(zip(attr_tuple[::2], attr_tuple[1::2], strict=True)), inputs, outputs, tangents)
 
 
@@ -150,16 +162,23 @@ def rules_inlined() -> Iterator[None]:
     TensorFlow holds one JVP callback per process, with no public API to set it
     (`forwardprop` registers `_jvp_dispatch` at import); the block sets ours and
     puts TensorFlow's back, so forward mode outside `taylor_coefficients` stays
-    TensorFlow's own.
+    TensorFlow's own. Being process-wide, the callback also serves another
+    thread's forward mode while a pass is traced; every rule gives the value
+    TensorFlow's own JVP gives, so that thread's results do not change. On a
+    TensorFlow without these internals the block changes nothing: orders 0-3
+    then work as TensorFlow's own forward mode does (docs/support.md).
     """
+    if _register_jvp is None:
+        yield
+        return
     _depth[0] += 1
-    pywrap_tfe.TFE_Py_RegisterJVPFunction(_jvp)
+    _register_jvp(_jvp)
     try:
         yield
     finally:
         _depth[0] -= 1
         if not _depth[0]:  # a vector field may itself take Taylor coefficients
-            pywrap_tfe.TFE_Py_RegisterJVPFunction(forwardprop._jvp_dispatch)
+            _register_jvp(_tensorflow_jvp)
 
 
 _depth = [0]
