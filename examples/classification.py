@@ -40,9 +40,10 @@ DormandPrince the mean over the test batches). Printed as a table, written as
 JSON (--json) and as a PNG bar chart of the scores relative to the baseline,
 as in the paper's Figure 1, in --out.
 
-XLA: training runs without it for every method (with this time-dependent f_θ,
-XLA cannot train the Taylor layers: the forward-mode derivative of the
-concatenation has no XLA gradient); inference runs under XLA for every method. Every method runs
+XLA: training runs without it for every method (the results were measured so;
+XLA could not train the Taylor layers with this concatenating f_θ before the
+Taylor engine's own concatenation gradient, and has not been measured here
+since); inference runs under XLA for every method. Every method runs
 `steps_per_execution` (default 10) steps per call of Keras's train function.
 
 Usage:

@@ -27,7 +27,12 @@ function call: no gradient graph, no integer tensor crosses a function boundary,
 and the outer accumulators differentiate the rule's ops with the rules again.
 Ops without a rule keep TensorFlow's own JVP; ops with no floating output (shape
 queries) get none, as TensorFlow's transposition would give, without a call.
-Every rule is checked against closed forms in tests/test_taylor.py.
+Training differentiates the traced pass (a function call) in reverse mode; there
+`ConcatV2` takes the gradient `_concat_gradient` (through
+`GRADIENT_OVERRIDES`), whose axis and offsets are constants of its own graph.
+Every rule is checked against TensorFlow's JVP or a closed form in
+tests/test_jvp_rules.py, and whole fields against closed forms in
+tests/test_taylor.py.
 """
 
 from __future__ import annotations
@@ -138,6 +143,31 @@ RULES: dict[str, Rule] = {
     "Erf": lambda a, i, o, t: [t[0] * _TWO_OVER_ROOT_PI * tf.exp(-i[0] * i[0])],
     "Erfc": lambda a, i, o, t: [-t[0] * _TWO_OVER_ROOT_PI * tf.exp(-i[0] * i[0])],
 }
+
+
+@tf.RegisterGradient("KerasTLNodeConcatV2")
+def _concat_gradient(op: tf.Operation, grad: tf.Tensor) -> list:
+    """ConcatV2's gradient with the axis and the sizes along it as constants of the gradient's own graph.
+
+    TensorFlow's own gradient reads the axis from the forward op and computes
+    the offsets with `ConcatOffset`; the gradient of the traced pass (a function
+    call) receives that axis as an input, which XLA cannot treat as the
+    compile-time constant `ConcatOffset` needs.
+    """
+    values, static_axis = op.inputs[:-1], tf.get_static_value(op.inputs[-1])
+    if static_axis is None or grad.shape.rank is None:  # not from a Python axis: TensorFlow's way, in graph only
+        axis = op.inputs[-1] % tf.rank(grad)
+        sizes: list | tf.Tensor = tf.stack([tf.shape(v)[axis] for v in values])
+    else:
+        axis = int(static_axis) % grad.shape.rank
+        sizes = [v.shape[axis] if v.shape[axis] is not None else tf.shape(v)[axis] for v in values]
+        if any(isinstance(size, tf.Tensor) for size in sizes):
+            sizes = tf.stack(sizes)
+    return [*tf.split(grad, sizes, axis=axis), None]
+
+
+# Ops whose gradient inside the traced pass is the package's (`Graph.gradient_override_map`).
+GRADIENT_OVERRIDES = {"ConcatV2": "KerasTLNodeConcatV2"}
 
 
 def _jvp(

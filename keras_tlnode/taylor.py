@@ -21,7 +21,7 @@ from collections.abc import Callable
 import keras
 import tensorflow as tf
 
-from keras_tlnode.jvp_rules import rules_inlined
+from keras_tlnode.jvp_rules import GRADIENT_OVERRIDES, rules_inlined
 from keras_tlnode.validation import check_int
 
 MAX_ORDER = 6
@@ -87,7 +87,12 @@ def taylor_coefficients(fn: VectorField, x: tf.Tensor, order: int, t: tf.Tensor 
     # without them, depth 4 fails for an unknown batch size and XLA compiles
     # again at every call from depth 2.
     with rules_inlined():
-        return tf.function(_nested_pass, autograph=False)(fn, x, order, t)
+        return tf.function(_traced_pass, autograph=False)(fn, x, order, t)
+
+
+def _traced_pass(fn: VectorField, x: tf.Tensor, order: int, t: tf.Tensor | None) -> tf.Tensor:
+    with tf.compat.v1.get_default_graph().gradient_override_map(GRADIENT_OVERRIDES):
+        return _nested_pass(fn, x, order, t)
 
 
 def _nested_pass(fn: VectorField, x: tf.Tensor, order: int, t: tf.Tensor | None) -> tf.Tensor:

@@ -129,3 +129,25 @@ def test_forward_mode_outside_the_block_stays_tensorflows_own():
             pass
         assert "PartitionedCall" not in graph_ops()
     assert "PartitionedCall" in graph_ops()  # TensorFlow's per-op JVP functions
+
+
+@pytest.mark.parametrize("jit_compile", [False, True])
+def test_gradient_of_a_concatenating_pass_matches_the_same_field_without_concat(jit_compile):
+    """The pass's own ConcatV2 gradient (constant axis and sizes, for XLA) gives TensorFlow's values."""
+    from keras_tlnode import taylor_coefficients
+
+    weights = tf.Variable(RNG.normal(size=(8, 4)) / 3)
+    fields = {
+        "concat": lambda z: tf.concat([z, z * z], axis=-1) @ weights,
+        "split": lambda z: z @ weights[:4] + (z * z) @ weights[4:],
+    }
+
+    def gradients(name: str, z: tf.Tensor) -> list[tf.Tensor]:
+        with tf.GradientTape() as tape:
+            tape.watch(z)
+            loss = tf.reduce_sum(taylor_coefficients(fields[name], z, 3) ** 2)
+        return tape.gradient(loss, [z, weights])
+
+    results = {name: tf.function(gradients, jit_compile=jit_compile)(name, tf.sin(X)) for name in fields}
+    for concatenated, split in zip(results["concat"], results["split"], strict=True):
+        np.testing.assert_allclose(concatenated.numpy(), split.numpy(), rtol=1e-10)

@@ -28,15 +28,15 @@ CHILD = textwrap.dedent(
     import keras_tlnode as kt
 
     class Forced(keras.layers.Layer):
-        # f(x, t) = W2 gelu(W1 x) + sin(t) b: a time-dependent field.
+        # f(x, t) = W2 tanh(W1 [x, t]) + sin(t) b: a time-dependent field that concatenates.
         def build(self, input_shape):
-            self.hidden = keras.layers.Dense(8, activation="gelu")
+            self.hidden = keras.layers.Dense(8, activation="tanh")
             self.out = keras.layers.Dense(2)
             self.b = self.add_weight(shape=(2,), initializer="ones")
 
         def call(self, inputs):
             x, t = inputs
-            return self.out(self.hidden(x)) + tf.sin(t) * self.b
+            return self.out(self.hidden(keras.layers.Concatenate()([x, t]))) + tf.sin(t) * self.b
 
     def model(order, kind):
         keras.utils.set_random_seed(order)
