@@ -87,15 +87,15 @@ def taylor_coefficients(fn: VectorField, x: tf.Tensor, order: int, t: tf.Tensor 
     # without them, depth 4 fails for an unknown batch size and XLA compiles
     # again at every call from depth 2.
     with rules_inlined():
-        return tf.function(_traced_pass, autograph=False)(fn, x, order, t)
-
-
-def _traced_pass(fn: VectorField, x: tf.Tensor, order: int, t: tf.Tensor | None) -> tf.Tensor:
-    with tf.compat.v1.get_default_graph().gradient_override_map(GRADIENT_OVERRIDES):
-        return _nested_pass(fn, x, order, t)
+        return tf.function(_nested_pass, autograph=False)(fn, x, order, t)
 
 
 def _nested_pass(fn: VectorField, x: tf.Tensor, order: int, t: tf.Tensor | None) -> tf.Tensor:
+    with tf.compat.v1.get_default_graph().gradient_override_map(GRADIENT_OVERRIDES):
+        return _accumulate(fn, x, order, t)
+
+
+def _accumulate(fn: VectorField, x: tf.Tensor, order: int, t: tf.Tensor | None) -> tf.Tensor:
     def field(state: tf.Tensor) -> tf.Tensor:
         derivative = fn(state) if t is None else fn(state, t)
         if not derivative.shape.is_compatible_with(state.shape):
