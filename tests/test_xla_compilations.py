@@ -1,4 +1,4 @@
-"""XLA compiles a Taylor-Lagrange training step once (issue 11), counted from XLA's own log.
+"""XLA compiles a Taylor-Lagrange training and prediction step once (issue 11), counted from XLA's own log.
 
 Before, from order 2 on, XLA's constant analysis demanded the states and weights
 as compile-time constants, so `fit` compiled again at every step. Counting needs
@@ -57,6 +57,7 @@ CHILD = textwrap.dedent(
         x = np.random.default_rng(0).uniform(-1, 1, (16 * steps, 2)).astype("float32")
         print("CASE", case, flush=True)
         tlnode.fit(x, np.tanh(x), batch_size=16, epochs=1, verbose=0)
+        tlnode.predict(x + 1, batch_size=16, verbose=0)
         sys.stderr.flush()
         print("DONE", case, flush=True)
     """
@@ -84,6 +85,7 @@ def test_xla_training_compiles_once(order):
     cases = [f"{order}-tanh", f"{order}-gelu", f"{order}-forced"]
     counts = compilations(cases)["all"]
     steps = {name: count for name, count in counts.items() if "step_on_data" in name}
-    # One training function per case, each compiled once over its 50 steps.
-    assert len(steps) == len(cases), counts
+    # One training and one prediction function per case, each compiled once
+    # over its 50 steps (and 50 prediction batches, on new inputs).
+    assert len(steps) == 2 * len(cases), counts
     assert set(steps.values()) == {1}, counts
