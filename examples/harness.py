@@ -199,10 +199,10 @@ def block(result: object) -> None:
 def median_seconds(fn: Callable[[object], object], inputs: list, warmup: int = 2) -> float:
     """Median wall-clock of `fn(x)` over `inputs[warmup:]`, after `warmup` calls on the first inputs.
 
-    Give every call a new input: XLA folds inputs it treats as compile-time
-    constants into the executable (README, "Limitations": Taylor steps from
-    order 2), so timing one input again and again can measure a cached,
-    constant-folded result instead of the computation.
+    Give every call a new input: XLA can fold inputs it treats as compile-time
+    constants into the executable (Taylor steps from order 2 did before the
+    Taylor engine's forward-mode rules), so timing one input again and again
+    can measure a cached, constant-folded result instead of the computation.
     """
     if len(inputs) <= warmup:
         raise ValueError(f"`inputs` must hold more than {warmup} inputs (the warm-up ones), got {len(inputs)}.")

@@ -97,8 +97,7 @@ METHODS = {
     "dopri": "DormandPrince (adaptive)",
 }
 # XLA is the fastest setting of every method here (docs/results.md, "How the
-# examples' settings were chosen"); orders >= 2 would recompile every step
-# under XLA, but no method here uses one.
+# examples' settings were chosen").
 JIT_COMPILE = {"tl_node": True, "taylor2": True, "rk4": True, "dopri": True}
 
 

@@ -416,8 +416,9 @@ class _CorrectionProblem(NamedTuple):
     def loss(self, target: tf.Tensor) -> tf.Tensor:
         """Mean squared gap between the layer's step from `states`, at full correction, and `target`."""
         # One step, but through the rollout's while loop: outside a loop, XLA's
-        # constant analysis of the nested JVPs turns the inputs and weights into
-        # compile-time constants and recompiles on every step (docs/support.md, "Limitations").
+        # constant analysis of the nested JVPs turned the inputs and weights into
+        # compile-time constants and recompiled on every step before the Taylor
+        # engine's forward-mode rules (jvp_rules.py); the loop costs nothing.
         prediction, _ = rollout(
             lambda s, k: self.layer.step(s, self.times, apply_trust=False, step_size=self.sizes),
             self.states,
