@@ -93,12 +93,26 @@ def _pow(attributes: dict, inputs: Tensors, outputs: Tensors, tangents: Sequence
     return [base_term + ty * z * log_x]
 
 
+def _einsum(attributes: dict, inputs: Tensors, outputs: Tensors, tangents: Sequence) -> list:
+    # Multilinear: one term per operand, that operand replaced by its tangent.
+    equation = _text(attributes["equation"])
+    terms = [tf.einsum(equation, *inputs[:k], tangent, *inputs[k + 1 :]) for k, tangent in enumerate(tangents)]
+    return [tf.add_n(terms)]
+
+
+def _text(value: str | bytes) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
 _TWO_OVER_ROOT_PI = 2 / math.sqrt(math.pi)
+# tf.nn.selu's constants (Klambauer et al., 2017).
+_SELU_SCALE, _SELU_ALPHA = 1.0507009873554804934193349852946, 1.6732632423543772848170429916717
 
 RULES: dict[str, Rule] = {
     # Linear in their floating inputs: the op applied to the tangents.
     "AddV2": lambda a, i, o, t: [t[0] + t[1]],
     "Add": lambda a, i, o, t: [t[0] + t[1]],
+    "AddN": lambda a, i, o, t: [tf.add_n(list(t))],
     "Sub": lambda a, i, o, t: [t[0] - t[1]],
     "Neg": lambda a, i, o, t: [-t[0]],
     "BiasAdd": lambda a, i, o, t: [tf.raw_ops.BiasAdd(value=t[0], bias=t[1], data_format=a["data_format"])],
@@ -119,6 +133,7 @@ RULES: dict[str, Rule] = {
     "Cast": lambda a, i, o, t: [tf.cast(t[0], a["DstT"])],
     "ZerosLike": lambda a, i, o, t: [tf.zeros_like(o[0])],
     "OnesLike": lambda a, i, o, t: [tf.zeros_like(o[0])],
+    "Sign": lambda a, i, o, t: [tf.zeros_like(o[0])],
     # Bilinear: the product rule.
     "Mul": lambda a, i, o, t: [t[0] * i[1] + i[0] * t[1]],
     "RealDiv": lambda a, i, o, t: [(t[0] - o[0] * t[1]) / i[1]],
@@ -140,6 +155,26 @@ RULES: dict[str, Rule] = {
     "Sqrt": lambda a, i, o, t: [t[0] / (2 * o[0])],
     "Softplus": lambda a, i, o, t: [t[0] * tf.sigmoid(i[0])],
     "SelectV2": lambda a, i, o, t: [tf.where(i[0], t[1], t[2])],
+    "Abs": lambda a, i, o, t: [t[0] * tf.sign(i[0])],
+    "Atan": lambda a, i, o, t: [t[0] / (1 + i[0] * i[0])],
+    "Log1p": lambda a, i, o, t: [t[0] / (1 + i[0])],
+    "Rsqrt": lambda a, i, o, t: [-0.5 * t[0] * o[0] * o[0] * o[0]],
+    "Softsign": lambda a, i, o, t: [t[0] / ((1 + tf.abs(i[0])) * (1 + tf.abs(i[0])))],
+    "Softmax": lambda a, i, o, t: [o[0] * (t[0] - tf.reduce_sum(o[0] * t[0], -1, keepdims=True))],
+    # As TensorFlow's gradients: ties go to the first input.
+    "Maximum": lambda a, i, o, t: [tf.where(i[0] >= i[1], t[0], t[1])],
+    "Minimum": lambda a, i, o, t: [tf.where(i[0] <= i[1], t[0], t[1])],
+    "SquaredDifference": lambda a, i, o, t: [2 * (i[0] - i[1]) * (t[0] - t[1])],
+    "Cumsum": lambda a, i, o, t: [tf.math.cumsum(t[0], i[1], exclusive=a["exclusive"], reverse=a["reverse"])],
+    "Einsum": _einsum,
+    "Elu": lambda a, i, o, t: [tf.raw_ops.EluGrad(gradients=t[0], outputs=o[0])],
+    "EluGrad": lambda a, i, o, t: [tf.where(i[1] < 0, t[0] * (i[1] + 1) + i[0] * t[1], t[0])],
+    "Selu": lambda a, i, o, t: [tf.raw_ops.SeluGrad(gradients=t[0], outputs=o[0])],
+    "SeluGrad": lambda a, i, o, t: [
+        tf.where(i[1] < 0, t[0] * (i[1] + _SELU_SCALE * _SELU_ALPHA) + i[0] * t[1], t[0] * _SELU_SCALE)
+    ],
+    "LeakyRelu": lambda a, i, o, t: [tf.raw_ops.LeakyReluGrad(gradients=t[0], features=i[0], alpha=a["alpha"])],
+    "LeakyReluGrad": lambda a, i, o, t: [tf.raw_ops.LeakyReluGrad(gradients=t[0], features=i[1], alpha=a["alpha"])],
     "Erf": lambda a, i, o, t: [t[0] * _TWO_OVER_ROOT_PI * tf.exp(-i[0] * i[0])],
     "Erfc": lambda a, i, o, t: [-t[0] * _TWO_OVER_ROOT_PI * tf.exp(-i[0] * i[0])],
 }

@@ -45,6 +45,23 @@ CASES: dict[str, tuple[Callable[..., tf.Tensor], tuple[tf.Tensor, ...]]] = {
     "Sqrt": (tf.sqrt, (POSITIVE,)),
     "Softplus": (tf.nn.softplus, (X,)),
     "SelectV2": (lambda a, b: tf.where(a > 0, a * b, b), (X, Y)),  # TensorFlow's own fails: see CLOSED_FORMS
+    "Abs": (tf.abs, (X,)),
+    "Atan": (tf.math.atan, (X,)),
+    "Log1p": (tf.math.log1p, (POSITIVE,)),
+    "Rsqrt": (tf.math.rsqrt, (POSITIVE,)),
+    "Softsign": (tf.math.softsign, (X,)),
+    "Softmax": (tf.nn.softmax, (X,)),
+    "Maximum": (tf.maximum, (X, Y)),
+    "Minimum": (tf.minimum, (X, Y)),
+    "SquaredDifference": (tf.math.squared_difference, (X, Y)),
+    "Cumsum": (lambda a: tf.math.cumsum(a * a, axis=1, exclusive=True, reverse=True), (X,)),
+    "Einsum": (lambda a, b: tf.einsum("bi,bj->ij", a, b * b), (X, Y)),
+    "Elu": (tf.nn.elu, (X,)),
+    "EluGrad": (lambda a, b: tf.raw_ops.EluGrad(gradients=b * b, outputs=tf.nn.elu(a)), (X, Y)),
+    "Selu": (tf.nn.selu, (X,)),
+    "SeluGrad": (lambda a, b: tf.raw_ops.SeluGrad(gradients=b * b, outputs=tf.nn.selu(a)), (X, Y)),
+    "LeakyRelu": (lambda a: tf.nn.leaky_relu(a, 0.3), (X,)),
+    "LeakyReluGrad": (lambda a, b: tf.raw_ops.LeakyReluGrad(gradients=b * b, features=a, alpha=0.3), (X, Y)),
     "Erf": (tf.math.erf, (X,)),
     "Erfc": (tf.math.erfc, (X,)),
     "BiasAdd": (tf.nn.bias_add, (X, BIAS)),
@@ -67,12 +84,15 @@ CASES: dict[str, tuple[Callable[..., tf.Tensor], tuple[tf.Tensor, ...]]] = {
     "ReluGrad": (lambda a, b: tf.raw_ops.ReluGrad(gradients=b * b, features=a), (X, Y)),
     "BiasAddGrad": (lambda a: tf.raw_ops.BiasAddGrad(out_backprop=a * a), (X,)),
     "ZerosLike": (lambda a: tf.raw_ops.ZerosLike(x=a * a) + a, (X,)),
+    "Sign": (lambda a: tf.sign(a) * a, (X,)),
+    "AddN": (lambda a, b: tf.add_n([a, b * b, a * b]), (X, Y)),
     "OnesLike": (lambda a: tf.raw_ops.OnesLike(x=a * a) * a, (X,)),
 }
 
 # TensorFlow's own nested forward mode fails for these at depth 2 (an op without
-# floating outputs: the `IndexError` the rules remove), so their truth is the
-# closed form: (first, second) derivative along the tangents.
+# floating outputs: the `IndexError` the rules remove; a gradient op without a
+# gradient), so their truth is the closed form: (first, second) derivative along
+# the tangents.
 CLOSED_FORMS: dict[str, Callable[..., tuple[tf.Tensor, tf.Tensor]]] = {
     "SelectV2": lambda a, b, ta, tb: (
         tf.where(a > 0, ta * b + a * tb, tb),
@@ -80,6 +100,9 @@ CLOSED_FORMS: dict[str, Callable[..., tuple[tf.Tensor, tf.Tensor]]] = {
     ),
     "ZerosLike": lambda a, ta: (ta, tf.zeros_like(a)),
     "OnesLike": lambda a, ta: (ta, tf.zeros_like(a)),
+    "Sign": lambda a, ta: (tf.sign(a) * ta, tf.zeros_like(a)),  # sign(x) x = |x|
+    # x / (1 + |x|): TensorFlow's own fails at depth 2 (SoftsignGrad has no gradient).
+    "Softsign": lambda a, ta: (ta / (1 + tf.abs(a)) ** 2, -2 * tf.sign(a) * ta * ta / (1 + tf.abs(a)) ** 3),
 }
 
 
