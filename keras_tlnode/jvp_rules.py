@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import threading
 from collections.abc import Callable, Iterator, Sequence
 
 import tensorflow as tf
@@ -236,14 +237,19 @@ def rules_inlined() -> Iterator[None]:
     if _register_jvp is None:
         yield
         return
-    _depth[0] += 1
-    _register_jvp(_jvp)
+    global _open_blocks
+    with _blocks_lock:  # replicas of a distribution strategy trace in threads of their own
+        _open_blocks += 1
+        _register_jvp(_jvp)
     try:
         yield
     finally:
-        _depth[0] -= 1
-        if not _depth[0]:  # a vector field may itself take Taylor coefficients
-            _register_jvp(_tensorflow_jvp)
+        with _blocks_lock:
+            _open_blocks -= 1
+            if not _open_blocks:  # the last block out (a field may take Taylor coefficients itself)
+                _register_jvp(_tensorflow_jvp)
 
 
-_depth = [0]
+# Blocks open in any thread: TensorFlow's callback is restored when none is.
+_open_blocks = 0
+_blocks_lock = threading.Lock()

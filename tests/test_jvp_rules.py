@@ -174,3 +174,26 @@ def test_gradient_of_a_concatenating_pass_matches_the_same_field_without_concat(
     results = {name: tf.function(gradients, jit_compile=jit_compile)(name, tf.sin(X)) for name in fields}
     for concatenated, split in zip(results["concat"], results["split"], strict=True):
         np.testing.assert_allclose(concatenated.numpy(), split.numpy(), rtol=1e-10)
+
+
+def test_blocks_opened_in_threads_restore_tensorflows_jvp_once_all_are_closed():
+    import threading
+
+    from keras_tlnode import jvp_rules
+
+    entered, release = threading.Barrier(5), threading.Event()
+
+    def hold() -> None:
+        with rules_inlined():
+            entered.wait()
+            release.wait()
+
+    threads = [threading.Thread(target=hold) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    entered.wait()
+    assert jvp_rules._open_blocks == 4
+    release.set()
+    for thread in threads:
+        thread.join()
+    assert jvp_rules._open_blocks == 0
