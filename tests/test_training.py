@@ -1,11 +1,9 @@
 """TLNODEModel: the alternating schedule, known-dynamics training, teacher failures, distribution."""
 
 import json
-import os
-import subprocess
-import sys
 import textwrap
 
+import child_process
 import keras
 import numpy as np
 import pytest
@@ -243,38 +241,22 @@ MIRRORED_SCRIPT = textwrap.dedent(
 def mirrored_child(request, tmp_path_factory):
     """The mirrored half of the parity test below, started with the module: it runs in a
     process of its own (two logical CPUs) beside this module's other tests."""
-    if not any(
-        getattr(item, "function", None) is test_mirrored_strategy_matches_single_device
-        for item in request.session.items
-    ):
+    if not child_process.selected(request, test_mirrored_strategy_matches_single_device):
         yield None
         return
-    tests = os.path.dirname(os.path.abspath(__file__))
-    package_root = os.path.dirname(os.path.dirname(os.path.abspath(kt.__file__)))  # the keras_tlnode tested here
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (tests, package_root, env.get("PYTHONPATH")) if p)
-    directory = tmp_path_factory.mktemp("mirrored")
-    with open(directory / "stdout", "w+") as stdout, open(directory / "stderr", "w+") as stderr:
-        child = subprocess.Popen(
-            [sys.executable, "-c", MIRRORED_SCRIPT], cwd=tests, env=env, stdout=stdout, stderr=stderr
-        )
-        try:
-            yield child, stdout, stderr
-        finally:
-            if child.poll() is None:
-                child.kill()
-                child.wait()
+    child = child_process.Child(tmp_path_factory.mktemp("mirrored"), MIRRORED_SCRIPT)
+    try:
+        yield child
+    finally:
+        child.close()
 
 
 def test_mirrored_strategy_matches_single_device(mirrored_child):
     """The mirrored run from the child process against the single-device one, here."""
-    child, stdout, stderr = mirrored_child
     single = parity_fit()
-    returncode = child.wait(timeout=300)
-    stdout.seek(0)
-    stderr.seek(0)
-    assert returncode == 0, stderr.read()[-3000:]
-    mirrored = json.loads(stdout.read().strip().splitlines()[-1])
+    returncode = mirrored_child.process.wait(timeout=300)
+    assert returncode == 0, mirrored_child.stderr()[-3000:]
+    mirrored = json.loads(mirrored_child.stdout().strip().splitlines()[-1])
     assert (single["replicas"], mirrored["replicas"]) == (1, 2)
     gap = max(np.abs(np.subtract(a, b)).max() for a, b in zip(single["weights"], mirrored["weights"], strict=True))
     assert gap < 1e-6

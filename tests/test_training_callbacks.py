@@ -20,11 +20,9 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import os
-import subprocess
-import sys
 import time
 
+import child_process
 import keras
 import numpy as np
 import pytest
@@ -346,35 +344,23 @@ FIT_TIMEOUT = 15.0  # seconds from the start of the fit; a healthy one takes 2-3
 def nan_child(request, tmp_path_factory):
     """`nan_on_a_correction_step` for the test below, in a process of its own started with
     the module, so that it runs beside this module's other tests."""
-    if not any(
-        getattr(item, "function", None) is test_nan_on_a_correction_step_skips_the_correction_update
-        for item in request.session.items
-    ):
+    if not child_process.selected(request, test_nan_on_a_correction_step_skips_the_correction_update):
         yield None
         return
-    tests = os.path.dirname(os.path.abspath(__file__))
-    package_root = os.path.dirname(os.path.dirname(os.path.abspath(kt.__file__)))  # the keras_tlnode tested here
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (tests, package_root, env.get("PYTHONPATH")) if p)
     directory = tmp_path_factory.mktemp("nan_on_a_correction_step")
-    marker, out, err = directory / "fitting", directory / "stdout", directory / "stderr"
     script = (
         "import json, sys, test_training_callbacks as t\nprint(json.dumps(t.nan_on_a_correction_step(sys.argv[1])))"
     )
-    with open(out, "w") as stdout, open(err, "w") as stderr:
-        process = subprocess.Popen(
-            [sys.executable, "-c", script, str(marker)], cwd=tests, env=env, stdout=stdout, stderr=stderr
-        )
+    child = child_process.Child(directory, script, str(directory / "fitting"))
     try:
-        yield {"process": process, "started": time.time(), "marker": marker, "out": out, "err": err}
+        yield {"child": child, "started": time.time(), "marker": directory / "fitting"}
     finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
+        child.close()
 
 
 def test_nan_on_a_correction_step_skips_the_correction_update(nan_child):
-    process, marker = nan_child["process"], nan_child["marker"]
+    child, marker = nan_child["child"], nan_child["marker"]
+    process = child.process
     while process.poll() is None:
         # The child touches the marker when its fit starts.
         fit_start = marker.stat().st_mtime if marker.exists() else None
@@ -383,8 +369,8 @@ def test_nan_on_a_correction_step_skips_the_correction_update(nan_child):
             process.wait()
             pytest.fail(f"fit() still running {FIT_TIMEOUT:.0f} s after it started: it hangs on the NaN dynamics")
         time.sleep(0.1)
-    assert process.returncode == 0, nan_child["err"].read_text()[-3000:]
-    result = json.loads(nan_child["out"].read_text().strip().splitlines()[-1])
+    assert process.returncode == 0, child.stderr()[-3000:]
+    result = json.loads(child.stdout().strip().splitlines()[-1])
     assert result["epochs"] == 1 < EPOCHS
     assert result["iterations"] == 2
     assert result["teacher_failures"] == 1.0
