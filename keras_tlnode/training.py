@@ -267,10 +267,15 @@ class TLNODEModel(keras.Model):
         solved = tf.logical_and(due, tf.equal(failures, 0.0))
         apply = solved
         first_loss = None
+        # Traced once and called once per update: each trace of the Taylor-Lagrange
+        # step and its gradient costs about as much as the rest of the phase.
+        correction_gradients = tf.function(
+            lambda targets: self._correction_gradients(problems, targets, variables), autograph=False
+        )
         for _ in range(self.correction_steps):
             loss, gradients = tf.cond(
                 apply,
-                lambda: self._correction_gradients(problems, targets, variables),
+                lambda: correction_gradients(targets),
                 lambda: (tf.zeros(()), [tf.zeros_like(v) for v in variables]),
             )
             finite = tf.reduce_all([tf.reduce_all(tf.math.is_finite(g)) for g in gradients])
