@@ -225,8 +225,8 @@ SETTINGS = {"graph": (False, 1), "XLA": (True, 1), "graph, 10/exec": (False, 10)
 
 def stiff_training_model(method: str, jit_compile: bool, steps_per_execution: int, **compile_kwargs) -> keras.Model:
     """The stiff one-step model of `method` ("tl_node" or "dopri"), compiled; f_θ starts near the true field."""
-    from correction_study import linear_mlp, stiff_near_matrix
     from stiff_dynamics import DT
+    from systems import linear_mlp, stiff_near_matrix
 
     keras.utils.set_random_seed(0)
     field = linear_mlp(stiff_near_matrix())()

@@ -253,6 +253,7 @@ class TrainingLog(keras.callbacks.Callback):
         self.label, self.evaluate, self.every = label, evaluate, max(1, every)
         self.steps: list[int] = []
         self.errors: list[float] = []
+        self.seconds: list[float] = []  # training wall-clock at each point of the curve
         self.train_seconds = 0.0
         self.step_ms = float("nan")
         self._epoch_seconds: list[float] = []
@@ -302,6 +303,7 @@ class TrainingLog(keras.callbacks.Callback):
         if self.evaluate is None:
             return
         start = time.perf_counter()
+        self.seconds.append(start - self._start - self._eval_seconds)
         self.steps.append(self._step)
         self.errors.append(float(self.evaluate()))
         self._eval_seconds += time.perf_counter() - start

@@ -1,6 +1,6 @@
 """Irregularly sampled series: one model for every gap length. TL-NODE vs the same layer uncorrected vs RK4 vs DormandPrince.
 
-Many short series of a limit-cycle oscillator (correction_study.py's
+Many short series of a limit-cycle oscillator (systems.py's
 `limit_cycle`, dx/dt = κ (1 - |x|²) x + ω R x, here with κ = 2 and ω = 2π: one
 turn per time unit) are observed at random times, as clinical records or sensor
 logs are: each series starts at a state uniform in area on 0.3 ≤ |x| ≤ 1.6 and
@@ -45,10 +45,10 @@ import itertools
 import math
 import os
 
-import correction_study
 import harness  # sets KERAS_BACKEND before keras is imported
 import keras
 import numpy as np
+import systems
 import tensorflow as tf
 
 import keras_tlnode
@@ -78,12 +78,12 @@ METHODS = {
 
 # ---------------------------------------------------------------- data
 
-true_field = functools.partial(correction_study.limit_cycle, kappa=KAPPA, omega=OMEGA)
+true_field = functools.partial(systems.limit_cycle, kappa=KAPPA, omega=OMEGA)
 
 
 def observe(rng: np.random.Generator, series: int) -> dict[str, np.ndarray]:
     """Pairs (x_t, gap, x_{t+gap}) from `series` series of OBSERVATIONS irregular observations each."""
-    states = [correction_study.annulus(rng, series)]
+    states = [systems.annulus(rng, series)]
     # Exponential beyond the shortest gap; about 1% reach the longest and stop there.
     gaps = np.minimum(GAPS[0] + rng.exponential(GAP_MEAN - GAPS[0], (OBSERVATIONS - 1, series)), GAPS[1])
     for gap in gaps:
@@ -125,7 +125,7 @@ def mse_per_bin(prediction: np.ndarray, data: dict[str, np.ndarray]) -> list[flo
 
 def run(method: str, data: dict, test: dict, config: dict, label: str) -> dict:
     keras.utils.set_random_seed(config["seed"])
-    field = correction_study.mlp()
+    field = systems.mlp()
     model, ode = build_model(method, field, config["steps"])
     per_epoch = len(data["x"]) // BATCH_SIZE
     pairs = tf.data.Dataset.from_tensor_slices(((data["x"], data["gap"]), data["y"]))

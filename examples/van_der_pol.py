@@ -36,7 +36,7 @@ Model choices:
 - TL-NODE trains with the remainder penalty λ = 1e-2 (as in stiff_dynamics.py;
   λ = 0 gave the same errors, 1e-1 larger ones) and a matrix correction
   fitted every 10 steps (Adam 1e-2, the package's default teacher); the
-  vector correction with every default is in correction_study.py.
+  vector correction with every default is in systems_suite.py.
 - Every method trains under XLA (`jit_compile`, see JIT_COMPILE) with
   `steps_per_execution`, on full batches only.
 

@@ -1,9 +1,9 @@
 """With the package defaults, the corrected layer is never less accurate than the same layer without correction.
 
-Trained side by side by `examples/correction_study.py` (same data, initial f_θ,
-optimiser and steps), on three of its systems, against the exact flow:
-the stiff linear system from a random start and from a start near the true
-field, and a nonlinear limit cycle in a stiff region of its field.
+Trained side by side by `examples/systems_suite.py` (same data, initial f_θ,
+optimiser and steps) on three of its systems, against the exact flow: the
+stiff linear system from a random start and from a start near the true field,
+and a nonlinear limit cycle in a stiff region of its field.
 """
 
 import numpy as np
@@ -15,22 +15,22 @@ PAIRS = 2048
 
 
 @pytest.fixture(scope="module")
-def study():
-    return load_example("correction_study")
+def suite():
+    return load_example("systems_suite")
 
 
-def one_step_errors(study, name: str) -> tuple[float, float]:
-    system = study.systems()[name]
-    data = study.make_data(system, PAIRS, seed=0)
-    config = {"seed": 0, "steps": STEPS, "pairs": PAIRS, "tl_options": {}}
-    corrected = study.run(system, "tl_node", data, config, f"{name} corrected")
-    uncorrected = study.run(system, "taylor2", data, config, f"{name} uncorrected")
+def one_step_errors(suite, name: str) -> tuple[float, float]:
+    system = suite.known.systems()[name]
+    data = suite.make_data(system, PAIRS, seed=0)
+    config = {"steps": STEPS}
+    corrected = suite.run(system, "tl_node@1", data, config, 0, f"{name} corrected")
+    uncorrected = suite.run(system, "uncorrected@1", data, config, 0, f"{name} uncorrected")
     assert 0.0 <= corrected["trust"] <= 1.0
-    return corrected["one_step_mse"], uncorrected["one_step_mse"]
+    return corrected["one_step"], uncorrected["one_step"]
 
 
 @pytest.mark.parametrize("name,factor", [("stiff_near", 5.0), ("stiff_random", 1.0), ("limit_cycle", 1.0)])
-def test_corrected_is_at_least_as_accurate_as_uncorrected(study, name, factor):
-    corrected, uncorrected = one_step_errors(study, name)
+def test_corrected_is_at_least_as_accurate_as_uncorrected(suite, name, factor):
+    corrected, uncorrected = one_step_errors(suite, name)
     assert np.isfinite(corrected)
     assert corrected * factor <= uncorrected, (corrected, uncorrected)
