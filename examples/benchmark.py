@@ -17,8 +17,16 @@
     included) against `DormandPrinceODE` at rtol = atol = 1e-6, each in a graph
     and under XLA, at `steps_per_execution` 1 and 10; TL-NODE's step split into
     phase 1, the teacher solve and the Γ_φ updates.
+(e) TL-NODE against the baseline where it matters to a user, on the stiff
+    system: time to accuracy from a random start (`systems_suite.py`'s runs of
+    `stiff_random`, TL-NODE at the package defaults and DormandPrince 1e-6, over
+    seeds: the wall-clock at which each first reaches 1.2x the baseline's final
+    test error), and the ms per training step of each at two sizes of f_θ,
+    both linear and started near the true field: the paper's 2-64-2 and
+    2-512-512-2, where f's evaluations dominate the step (graph and XLA, 10
+    steps per execution).
 
-    python examples/benchmark.py [--parts a b c d] [--json PATH] [--out DIR]
+    python examples/benchmark.py [--parts a b c d e] [--json PATH] [--out DIR]
 """
 
 from __future__ import annotations
@@ -223,13 +231,15 @@ BASELINE_TOLERANCE = 1e-6
 SETTINGS = {"graph": (False, 1), "XLA": (True, 1), "graph, 10/exec": (False, 10), "XLA, 10/exec": (True, 10)}
 
 
-def stiff_training_model(method: str, jit_compile: bool, steps_per_execution: int, **compile_kwargs) -> keras.Model:
-    """The stiff one-step model of `method` ("tl_node" or "dopri"), compiled; f_θ starts near the true field."""
+def stiff_training_model(
+    method: str, jit_compile: bool, steps_per_execution: int, widths: tuple[int, ...] = (64,), **compile_kwargs
+) -> keras.Model:
+    """The stiff one-step model of `method` ("tl_node" or "dopri"), compiled; f_θ (linear, hidden `widths`) starts near the true field."""
     from stiff_dynamics import DT
     from systems import linear_mlp, stiff_near_matrix
 
     keras.utils.set_random_seed(0)
-    field = linear_mlp(stiff_near_matrix())()
+    field = linear_mlp(stiff_near_matrix(), widths)()
     inputs = keras.Input((2,))
     options = dict(
         optimizer=keras.optimizers.Adam(1e-3),
@@ -295,6 +305,15 @@ def teacher_accuracy(samples: int, repeats: int, settings: list = TEACHER_SETTIN
     return rows
 
 
+def stiff_dataset() -> tf.data.Dataset:
+    """Batches of TRAIN_BATCH exact one-step pairs of the stiff system, repeated."""
+    from stiff_dynamics import DT, exact_propagator
+
+    x = np.random.default_rng(0).uniform(-0.5, 0.5, (TRAIN_BATCH * 16, 2)).astype("float32")
+    y = (x @ exact_propagator(DT).T).astype("float32")
+    return tf.data.Dataset.from_tensor_slices((x, y)).batch(TRAIN_BATCH).repeat().prefetch(tf.data.AUTOTUNE)
+
+
 def training_step_cost(
     steps: int,
     settings: tuple[str, ...] = tuple(SETTINGS),
@@ -304,11 +323,7 @@ def training_step_cost(
 ) -> dict:
     """ms per step of TL-NODE (defaults, and its split) and of DormandPrince, per setting (names of SETTINGS),
     and the teacher's accuracy per `teacher_settings` ((tolerance, dtype) pairs)."""
-    from stiff_dynamics import DT, exact_propagator
-
-    x = np.random.default_rng(0).uniform(-0.5, 0.5, (TRAIN_BATCH * 16, 2)).astype("float32")
-    y = (x @ exact_propagator(DT).T).astype("float32")
-    dataset = tf.data.Dataset.from_tensor_slices((x, y)).batch(TRAIN_BATCH).repeat().prefetch(tf.data.AUTOTUNE)
+    dataset = stiff_dataset()
     defaults = stiff_training_model("tl_node", False, 1)
     every, updates = defaults.correction_every, defaults.correction_steps
     report = {
@@ -357,6 +372,70 @@ def training_step_cost(
     return report
 
 
+# ---------------------------------------------------------------- (e) against the baseline
+
+FIELD_SIZES = {"2-64-2": (64,), "2-512-512-2": (512, 512)}
+
+
+def time_to_accuracy(seeds: list[int], steps: int) -> dict:
+    """systems_suite.py's stiff_random runs of TL-NODE (defaults) and DormandPrince 1e-6: time to accuracy per seed."""
+    import systems_suite
+
+    system = systems_suite.known.systems()["stiff_random"]
+    data = systems_suite.make_data(system, systems_suite.MODES["full"]["pairs"], 0)
+    runs = {
+        key: [
+            systems_suite.run(system, key, data, {"steps": steps}, seed, f"(e) stiff_random {key} seed {seed}")
+            for seed in seeds
+        ]
+        for key in ("tl_node@1", systems_suite.REFERENCE)
+    }
+    systems_suite.add_times_to_accuracy(runs)
+    summary = {key: systems_suite.summarise(results) for key, results in runs.items()}
+    speedup = systems_suite.speedup(summary, "tl_node@1")
+    number = systems_suite.number
+    print(
+        f"(e) stiff system from a random start, {steps} steps, seeds {seeds}: time to 1.2x DormandPrince's final "
+        f"test error, TL-NODE {number(systems_suite.median(summary, 'tl_node@1', 'to_accuracy_s'), '.1f')} s, "
+        f"DormandPrince {number(systems_suite.median(summary, systems_suite.REFERENCE, 'to_accuracy_s'), '.1f')} s: "
+        f"{number(speedup, '.1f')}x; final one-step MSE {summary['tl_node@1']['one_step']['median']:.1e} vs "
+        f"{summary[systems_suite.REFERENCE]['one_step']['median']:.1e}",
+        flush=True,
+    )
+    return {
+        "steps": steps,
+        "seeds": seeds,
+        "summary": {
+            key: {m: summary[key][m] for m in ("one_step", "rollout_abs", "train_s", "to_accuracy_s")}
+            for key in summary
+        },
+        "speedup": speedup,
+    }
+
+
+def step_ratio_by_size(steps: int, warmup: int = 5) -> dict:
+    """ms per training step of TL-NODE (defaults) and DormandPrince 1e-6 at each size of FIELD_SIZES, graph and XLA."""
+    dataset = stiff_dataset()
+    report = {}
+    for size, widths in FIELD_SIZES.items():
+        for setting in ("graph, 10/exec", "XLA, 10/exec"):
+            jit_compile, per_execution = SETTINGS[setting]
+            row = {
+                method: ms_per_step(
+                    stiff_training_model(method, jit_compile, per_execution, widths), dataset, steps, warmup=warmup
+                )
+                for method in ("tl_node", "dopri")
+            }
+            row["ratio"] = row["dopri"] / row["tl_node"]
+            report[f"{size}, {setting}"] = row
+            print(
+                f"(e) f_θ {size:12s} {setting:15s} TL-NODE {row['tl_node']:8.2f} ms/step   DormandPrince "
+                f"{row['dopri']:8.2f} ms/step   {row['ratio']:.1f}x",
+                flush=True,
+            )
+    return report
+
+
 # ---------------------------------------------------------------- (c) examples
 
 
@@ -374,16 +453,27 @@ def quick_examples(out: str) -> dict:
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--parts", nargs="+", choices=["a", "b", "c", "d"], default=["a", "b", "c", "d"])
+    parser.add_argument("--parts", nargs="+", choices=["a", "b", "c", "d", "e"], default=["a", "b", "c", "d", "e"])
     parser.add_argument("--repeats", type=int, default=10, help="timed calls per measurement")
     parser.add_argument("--max-order", type=int, default=4, help="highest order in part (a)")
     parser.add_argument("--batch", type=int, default=1024, help="prediction batch in part (b)")
     parser.add_argument("--correction-epochs", type=int, default=20, help="epochs fitting Γ_φ in part (b)")
     parser.add_argument("--train-steps", type=int, default=200, help="timed training steps per model in part (d)")
+    parser.add_argument(
+        "--seeds", nargs="+", type=int, default=[0, 1, 2], help="seeds of the time-to-accuracy runs (e)"
+    )
+    parser.add_argument(
+        "--accuracy-steps", type=int, default=1500, help="training steps of the time-to-accuracy runs (e)"
+    )
+    parser.add_argument(
+        "--size-steps", type=int, default=30, help="timed training steps per model and size in part (e)"
+    )
     parser.add_argument("--json", metavar="PATH", help="write the results as JSON to PATH")
     parser.add_argument("--out", metavar="DIR", default=".", help="directory for the plots of part (c)")
     args = parser.parse_args(argv)
-    harness.check_flags(parser, args, ("repeats", "batch", "correction_epochs", "train_steps"))
+    harness.check_flags(
+        parser, args, ("repeats", "batch", "correction_epochs", "train_steps", "accuracy_steps", "size_steps")
+    )
     if not 0 <= args.max_order <= 6:
         parser.error(f"--max-order must be in [0, 6], got {args.max_order}")
 
@@ -400,6 +490,11 @@ def main(argv: list[str] | None = None) -> dict:
         report["examples"] = quick_examples(args.out)
     if "d" in args.parts:
         report["training_step"] = training_step_cost(args.train_steps)
+    if "e" in args.parts:
+        report["against_baseline"] = {
+            "time_to_accuracy": time_to_accuracy(args.seeds, args.accuracy_steps),
+            "step_by_field_size": step_ratio_by_size(args.size_steps),
+        }
     if args.json:
         harness.write_json(report, args.json)
     return report

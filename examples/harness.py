@@ -59,9 +59,11 @@ def example_parser(description: str, quick_help: str, full_help: str) -> argpars
 
 # The methods every example compares, by one name each.
 METHOD_LAYERS = {
-    "tl_node": "TaylorLagrangeODE(order=1, correction=MidpointCorrection()), trained by TLNODEModel (TL-NODE)",
+    "tl_node": "TaylorLagrangeODE(correction=MidpointCorrection()) at the package's order, trained by TLNODEModel (TL-NODE)",
+    "uncorrected": "TaylorLagrangeODE at the package's order, without correction",
     "taylor2": "TaylorLagrangeODE(order=1) without correction: the Taylor method of degree 2",
     "rk4": 'FixedStepODE(method="rk4")',
+    "heun": 'FixedStepODE(method="heun")',
     "euler": 'FixedStepODE(method="euler")',
     "dopri": "DormandPrinceODE: adaptive, gradients by the adjoint (the classic neural ODE, the baseline)",
 }
@@ -86,11 +88,13 @@ def ode_layer(
     if method == "tl_node":
         correction = correction or keras_tlnode.MidpointCorrection()
         return keras_tlnode.TaylorLagrangeODE(
-            field, order=1, duration=duration, correction=correction, remainder_weight=remainder_weight, **common
+            field, duration=duration, correction=correction, remainder_weight=remainder_weight, **common
         )
+    if method == "uncorrected":
+        return keras_tlnode.TaylorLagrangeODE(field, duration=duration, **common)
     if method == "taylor2":
         return keras_tlnode.TaylorLagrangeODE(field, order=1, duration=duration, **common)
-    if method in ("rk4", "euler"):
+    if method in ("rk4", "heun", "euler"):
         return keras_tlnode.FixedStepODE(field, method=method, duration=duration, **common)
     if method == "dopri":
         return keras_tlnode.DormandPrinceODE(field, duration=duration, rtol=tolerance, atol=tolerance, **common)
@@ -126,6 +130,21 @@ def run_methods(
         extra = summary(results[method]) if summary else ""
         print(f"  -> trained in {results[method]['train_seconds']:.1f} s{extra}", flush=True)
     return results
+
+
+def epochs_of(steps: int, steps_per_execution: int, largest_epoch: int = 100) -> tuple[int, int]:
+    """(epochs, steps per epoch) for `steps` training steps on a repeated dataset, every epoch whole executions.
+
+    On a dataset without end, Keras runs every execution in full, also past the
+    end of an epoch: epochs of 23 steps at 10 steps per execution train 30. So
+    an epoch here is a multiple of `steps_per_execution` that divides `steps`,
+    at most `largest_epoch` steps.
+    """
+    if steps % steps_per_execution:
+        raise ValueError(f"`steps` must be a multiple of steps_per_execution = {steps_per_execution}, got {steps}.")
+    executions = steps // steps_per_execution
+    per_epoch = steps_per_execution * math.gcd(executions, max(1, largest_epoch // steps_per_execution))
+    return steps // per_epoch, per_epoch
 
 
 def decaying_adam(initial: float, final: float, total_steps: int) -> keras.optimizers.Adam:
@@ -273,7 +292,7 @@ class TrainingLog(keras.callbacks.Callback):
     def on_train_batch_end(self, batch, logs=None):
         # With steps_per_execution > 1 Keras calls this once per execution, with
         # `batch` the last step of it (past the epoch's end for a short last
-        # execution), so the step count comes from `batch`, clamped.
+        # execution of a finite dataset), so the step count comes from `batch`, clamped.
         per_epoch = self.params.get("steps") or batch + 1
         previous, self._step = self._step, self._epoch * per_epoch + min(batch + 1, per_epoch)
         if self._step // self.every > previous // self.every:
@@ -326,11 +345,23 @@ def format_table(rows: dict[str, dict], columns: list[tuple[str, str, str]]) -> 
 
 
 def write_json(report: dict, path: str) -> None:
+    """Writes `report` as standard JSON: NaN and infinities (a diverged run) become null."""
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
     with open(path, "w") as handle:
-        json.dump(report, handle, indent=2)
+        json.dump(finite_or_null(report), handle, indent=2, allow_nan=False)
     print(f"wrote {path}")
+
+
+def finite_or_null(value: object) -> object:
+    """`value` with every non-finite float, however deeply nested, replaced by None."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {key: finite_or_null(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [finite_or_null(item) for item in value]
+    return value
 
 
 def pyplot():

@@ -127,13 +127,13 @@ def run(method: str, data: dict, test: dict, config: dict, label: str) -> dict:
     keras.utils.set_random_seed(config["seed"])
     field = systems.mlp()
     model, ode = build_model(method, field, config["steps"])
-    per_epoch = len(data["x"]) // BATCH_SIZE
+    epochs, per_epoch = harness.epochs_of(config["steps"], STEPS_PER_EXECUTION)
     pairs = tf.data.Dataset.from_tensor_slices(((data["x"], data["gap"]), data["y"]))
     dataset = pairs.shuffle(len(data["x"]), seed=config["seed"]).batch(BATCH_SIZE, drop_remainder=True)
     log = harness.TrainingLog(label)
     model.fit(
         dataset.repeat(),
-        epochs=math.ceil(config["steps"] / per_epoch),
+        epochs=epochs,
         steps_per_epoch=per_epoch,
         verbose=0,
         shuffle=False,  # the dataset is shuffled, in the same order for every method
@@ -197,6 +197,8 @@ def parse_args(argv: list[str] | None):
     parser.add_argument("--steps", type=int, help="training steps per method (default: per mode)")
     args = parser.parse_args(argv)
     harness.check_flags(parser, args, ("steps",))
+    if args.steps is not None and args.steps % STEPS_PER_EXECUTION:
+        parser.error(f"--steps must be a multiple of {STEPS_PER_EXECUTION} (steps per execution), got {args.steps}")
     return args
 
 

@@ -41,6 +41,8 @@ class System(NamedTuple):
         stiff: whether the region holds time scales far shorter than Δt (the stiff linear systems).
         decays: whether trajectories settle to a point, where the relative rollout error degenerates.
         exact_flow: the closed-form one-step flow, `(n, d) -> (n, d)`, or None for `harness.rk4_flow`.
+        gates: which acceptance gates of issue 19 apply (systems_suite.py): "nonlinear", "stiff"
+            (the stiff system from a random start) or None.
     """
 
     description: str
@@ -52,6 +54,7 @@ class System(NamedTuple):
     stiff: bool = False
     decays: bool = False
     exact_flow: Callable[[np.ndarray], np.ndarray] | None = None
+    gates: str | None = "nonlinear"
 
     @property
     def dimension(self) -> int:
@@ -163,17 +166,19 @@ def mlp(dimension: int = 2, width: int = 64) -> keras.Sequential:
     )
 
 
-def linear_mlp(near: np.ndarray | None) -> Callable[[], keras.Sequential]:
-    """Dense(64) → Dense(2) without activation; `near` sets the product of its kernels to that matrix."""
+def linear_mlp(near: np.ndarray | None, widths: tuple[int, ...] = (64,)) -> Callable[[], keras.Sequential]:
+    """Dense layers of `widths` → Dense(2), without activation; `near` sets the product of their kernels to that matrix."""
 
     def make() -> keras.Sequential:
-        field = keras.Sequential([keras.layers.Dense(64), keras.layers.Dense(2)])
+        field = keras.Sequential([keras.layers.Dense(width) for width in widths] + [keras.layers.Dense(2)])
         field.build((None, 2))
         if near is not None:
-            first = field.layers[0].kernel.numpy()
-            # x W1 W2 = x near^T with W2 = pinv(W1) near^T; biases zero.
-            field.layers[0].bias.assign(np.zeros(64, "float32"))
-            field.layers[1].kernel.assign((np.linalg.pinv(first) @ near.T).astype("float32"))
+            # x W1 ... Wk W = x near^T with W = pinv(W1 ... Wk) near^T; biases zero.
+            product = np.eye(2)
+            for layer in field.layers[:-1]:
+                layer.bias.assign(np.zeros(layer.units, "float32"))
+                product = product @ layer.kernel.numpy()
+            field.layers[-1].kernel.assign((np.linalg.pinv(product) @ near.T).astype("float32"))
         return field
 
     return make
@@ -199,6 +204,7 @@ def stiff_system(near: bool) -> System:
         stiff=True,
         decays=True,
         exact_flow=lambda x: x @ propagator.T,
+        gates=None if near else "stiff",
     )
 
 

@@ -51,3 +51,14 @@ def test_training_step_part_splits_the_tl_step(benchmark):
         assert row["speedup"] == pytest.approx(row["dopri"] / row["tl_node"])
     best = min(r["dopri"] for r in report["settings"].values()) / min(r["tl_node"] for r in report["settings"].values())
     assert report["best_speedup"] == pytest.approx(best)
+
+
+def test_against_baseline_part_reports_time_to_accuracy_and_sizes(benchmark):
+    accuracy = benchmark.time_to_accuracy(seeds=[0], steps=20)
+    assert set(accuracy["summary"]) == {"tl_node@1", "dopri"}
+    # The baseline reaches 1.2x its own final error at its last evaluation at the latest.
+    assert accuracy["summary"]["dopri"]["to_accuracy_s"]["reached"] == 1
+    sizes = benchmark.step_ratio_by_size(steps=1, warmup=1)
+    assert len(sizes) == 2 * len(benchmark.FIELD_SIZES)
+    for row in sizes.values():
+        assert row["tl_node"] > 0 and row["ratio"] == pytest.approx(row["dopri"] / row["tl_node"])

@@ -43,7 +43,7 @@ def test_main_writes_table_json_and_plot(example, tmp_path, capsys):
     path = tmp_path / "irregular.json"
     # Two methods: every layer's per-sample spans are tested in tests/test_spans.py.
     returned = example.main(
-        ["--steps", "2", "--methods", "tl_node", "dopri", "--json", str(path), "--out", str(tmp_path)]
+        ["--steps", "10", "--methods", "tl_node", "dopri", "--json", str(path), "--out", str(tmp_path)]
     )
     report = json.loads(path.read_text())
     assert list(report["methods"]) == ["tl_node", "dopri"]

@@ -61,26 +61,82 @@ def test_gates_of_a_nonlinear_system(suite):
             "rk4@2": {"rollout": 0.05, "field": 0.1, "train_s": 4.0},
         }
     )
-    gates = suite.gates(summary, stiff=False)
+    gates = suite.gates(summary, "nonlinear", decays=False)
     assert gates["rollout_vs_rk4"] == {"value": pytest.approx(0.7), "bound": 0.8, "holds": True}
     assert gates["field_vs_rk4"]["holds"]
     assert not gates["train_time_vs_rk4"]["holds"]  # 2.5x
-    # RK4 at 2 steps fits in TL-NODE's 5 s and has the lower rollout error.
-    assert gates["rollout_vs_rk4_at_equal_cost"] == {"value": pytest.approx(1.4), "bound": 1.0, "holds": False}
+    # RK4 at 2 steps fits in TL-NODE's 5 s and has the lower rollout error; 3 would not fit (6 s).
+    equal_cost = gates["rollout_vs_rk4_at_equal_cost"]
+    assert equal_cost == {"value": pytest.approx(1.4), "bound": 1.0, "holds": False, "rk4_steps": 2, "capped": False}
+    summary["tl_node@1"]["train_s"]["median"] = 7.0  # now 3 steps of RK4 would fit: more than were run
+    assert suite.gates(summary, "nonlinear", decays=False)["rollout_vs_rk4_at_equal_cost"]["capped"]
+    summary["rk4@1"]["train_s"]["median"] = summary["rk4@2"]["train_s"]["median"] = 9.0  # no RK4 fits: RK4 at 1
+    assert suite.gates(summary, "nonlinear", decays=False)["rollout_vs_rk4_at_equal_cost"]["rk4_steps"] == 1
 
 
-def test_gates_of_a_stiff_system(suite):
+def test_gates_use_the_absolute_rollout_where_trajectories_settle(suite):
+    summary = summary_of(
+        **{
+            "tl_node@1": {"rollout": 0.5, "rollout_abs": 1e-3, "field": 0.1, "train_s": 1.0},
+            "rk4@1": {"rollout": 0.5, "rollout_abs": 2e-3, "field": 0.1, "train_s": 1.0},
+        }
+    )
+    assert suite.gates(summary, "nonlinear", decays=True)["rollout_vs_rk4"]["value"] == pytest.approx(0.5)
+    assert suite.gates(summary, "nonlinear", decays=False)["rollout_vs_rk4"]["value"] == pytest.approx(1.0)
+    assert suite.gates(summary, None, decays=True) == {}  # stiff_near: no gate applies
+
+
+def test_gates_of_the_stiff_system(suite):
     summary = summary_of(
         **{
             "tl_node@1": {"rollout_abs": 1e-3, "to_accuracy_s": 2.0},
             "dopri": {"rollout_abs": 1e-3, "to_accuracy_s": 20.0},
         }
     )
-    gates = suite.gates(summary, stiff=True)
+    gates = suite.gates(summary, "stiff", decays=True)
     assert gates["time_to_accuracy_speedup_vs_dopri"] == {"value": 10.0, "bound": 5.0, "holds": True}
     assert gates["rollout_vs_dopri"]["holds"]
     summary["tl_node@1"]["to_accuracy_s"]["median"] = None  # never reached the reference's accuracy
-    assert not suite.gates(summary, stiff=True)["time_to_accuracy_speedup_vs_dopri"]["holds"]
+    assert suite.gates(summary, "stiff", decays=True)["time_to_accuracy_speedup_vs_dopri"]["value"] == 0.0
+    summary["dopri"]["to_accuracy_s"]["median"] = None  # no reference time: unmeasured, not held
+    assert suite.gates(summary, "stiff", decays=True)["time_to_accuracy_speedup_vs_dopri"] == {
+        "value": None,
+        "bound": 5.0,
+        "holds": False,
+    }
+
+
+def test_rollout_at_two_steps_per_interval_is_read_at_the_observation_times(suite):
+    import keras
+
+    matrix = np.array([[-0.5, 2.0], [-2.0, -0.5]])
+    field = keras.layers.Dense(2, use_bias=False)
+    field.build((None, 2))
+    field.set_weights([matrix.T.astype("float32")])
+    ode = kt.FixedStepODE(field, method="rk4", duration=0.1, num_steps=2)
+    eigenvalues, vectors = np.linalg.eig(matrix * 0.1)
+    exact = np.real(vectors @ np.diag(np.exp(eigenvalues)) @ np.linalg.inv(vectors))
+    half = 0.05 * matrix
+    rk4_half = np.eye(2) + half + half @ half / 2 + half @ half @ half / 6 + half @ half @ half @ half / 24
+    starts = np.random.default_rng(0).uniform(-1, 1, (5, 2))
+    truth, predicted = [starts], [starts]
+    for _ in range(6):
+        truth.append(truth[-1] @ exact.T)
+        predicted.append(predicted[-1] @ (rk4_half @ rk4_half).T)
+    truth, predicted = np.stack(truth, 1), np.stack(predicted, 1)
+    relative, absolute = suite.rollout_errors(ode, truth.astype("float32"))
+    error = np.linalg.norm(predicted - truth, axis=-1)[:, 1:]
+    scale = (np.linalg.norm(predicted, axis=-1) + np.linalg.norm(truth, axis=-1))[:, 1:]
+    assert absolute == pytest.approx(np.mean(error), rel=1e-3, abs=1e-7)
+    assert relative == pytest.approx(np.mean(error / scale), rel=1e-3, abs=1e-7)
+
+
+def test_a_run_trains_exactly_its_steps(suite):
+    system = suite.known.systems()["pendulum"]
+    data = suite.make_data(system, 512, 0)
+    trained = suite.train(system, "tl_node@1", data, {"steps": 30}, 0, "pendulum")
+    assert int(trained.model.optimizer.iterations) == 30
+    assert trained.log.steps[-1] == 30
 
 
 def test_every_method_runs_and_reports(suite, tmp_path):
@@ -94,16 +150,31 @@ def test_every_method_runs_and_reports(suite, tmp_path):
         (result,) = results
         assert result["train_s"] > 0 and math.isfinite(result["one_step"]), key
         assert len(result["curve"]["seconds"]) == len(result["curve"]["one_step"]) >= 2
+        assert result["own_flow"] >= 0.0 and result["rk4_own_flow"] >= 0.0
     # The reference reaches its own accuracy at its last point at the latest.
     assert entry["runs"]["dopri"][0]["to_accuracy_s"] is not None
     assert entry["summary"]["tl_node@2"]["nfe"]["median"] == 2 * entry["summary"]["tl_node@1"]["nfe"]["median"]
-    assert entry["runs"]["dopri"][0]["own_flow"] == 0.0
     assert (tmp_path / "systems_suite_pareto.png").stat().st_size > 0
-    assert set(entry["gates"]) == {
-        "rollout_vs_rk4",
-        "field_vs_rk4",
-        "train_time_vs_rk4",
-        "rollout_vs_rk4_at_equal_cost",
-    } or set(entry["gates"]) == {"rollout_vs_rk4", "field_vs_rk4", "train_time_vs_rk4"}
+    assert set(entry["gates"]) == set(suite.GATE_NAMES) - {"time_to_accuracy_speedup_vs_dopri", "rollout_vs_dopri"}
     assert report["systems"].keys() == saved["systems"].keys()
-    assert "| pendulum" in suite.markdown(saved)
+    summary = suite.summary_block(saved)
+    assert summary.count("\n") == 2 and "| pendulum |" in summary
+    assert suite.gates_block(saved).count("| pendulum |") == len(entry["gates"])
+    assert suite.details_block(saved).count("\n| ") == 2 + len(entry["runs"])  # header, rule, one row per run
+
+
+def test_replace_block_rewrites_only_between_the_markers(suite):
+    text = "a\n<!-- systems_suite:summary -->\nold\n<!-- /systems_suite:summary -->\nb\n"
+    assert suite.replace_block(text, "summary", "new") == (
+        "a\n<!-- systems_suite:summary -->\nnew\n<!-- /systems_suite:summary -->\nb\n"
+    )
+    with pytest.raises(ValueError, match="gates"):
+        suite.replace_block(text, "gates", "new")
+
+
+@pytest.mark.parametrize("widths", [(64,), (512, 512)])
+def test_linear_field_started_near_a_matrix_computes_it(suite, widths):
+    near = suite.known.stiff_near_matrix()
+    field = suite.known.linear_mlp(near, widths)()
+    x = np.random.default_rng(0).uniform(-0.5, 0.5, (32, 2)).astype("float32")
+    np.testing.assert_allclose(field(x).numpy(), x @ near.T, rtol=2e-3, atol=2e-3)
