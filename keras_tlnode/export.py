@@ -17,8 +17,8 @@ import warnings
 
 import keras
 import tensorflow as tf
-from keras.src.export.export_utils import get_input_signature, make_tf_tensor_spec
 
+from keras_tlnode.compat import AutoTrackable, get_input_signature, make_tf_tensor_spec
 from keras_tlnode.layers import StepwiseODE, TaylorLagrangeODE, layers_of
 from keras_tlnode.validation import check_optional_int
 
@@ -86,7 +86,7 @@ def export_saved_model(
     if trajectory is not False:
         callables[TRAJECTORY] = _trajectory_model(model, layers, trajectory)
 
-    root = tf.__internal__.tracking.AutoTrackable()
+    root = AutoTrackable()
     root.variables = list(model.variables)
     root.trainable_variables = list(model.trainable_variables)
     root.non_trainable_variables = list(model.non_trainable_variables)

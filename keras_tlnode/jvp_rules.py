@@ -44,14 +44,14 @@ from collections.abc import Callable, Iterator, Sequence
 
 import tensorflow as tf
 
-try:  # TensorFlow internals, with no public counterpart (see `rules_inlined`).
-    from tensorflow.python import pywrap_tfe
-    from tensorflow.python.eager import forwardprop
+from keras_tlnode.compat import jvp_callbacks
 
-    _register_jvp = pywrap_tfe.TFE_Py_RegisterJVPFunction
-    _tensorflow_jvp = forwardprop._jvp_dispatch
-except (ImportError, AttributeError):  # a TensorFlow without them: its own JVPs, orders 0-3 only
-    _register_jvp = _tensorflow_jvp = None
+# TensorFlow's JVP hook (compat.py). Without it `rules_inlined` changes nothing and
+# forward mode is TensorFlow's own: orders 0-3 only (docs/support.md).
+_CALLBACKS = jvp_callbacks()
+INLINED = _CALLBACKS is not None
+if _CALLBACKS is not None:
+    _register_jvp, _tensorflow_jvp = _CALLBACKS
 
 Tensors = Sequence[tf.Tensor]
 # rule(attributes, inputs, outputs, tangents) -> output tangents. TensorFlow
@@ -234,7 +234,7 @@ def rules_inlined() -> Iterator[None]:
     TensorFlow without these internals the block changes nothing: orders 0-3
     then work as TensorFlow's own forward mode does (docs/support.md).
     """
-    if _register_jvp is None:
+    if not INLINED:
         yield
         return
     global _open_blocks

@@ -23,6 +23,7 @@ from typing import TypeVar
 import keras
 import tensorflow as tf
 
+from keras_tlnode.compat import flatten_layers
 from keras_tlnode.correction import MidpointCorrection
 from keras_tlnode.recording import record
 from keras_tlnode.rollout import rollout
@@ -71,11 +72,14 @@ class ODELayer(keras.layers.Layer):
         self.time_dependent = check_bool(time_dependent, "time_dependent")
         self.return_trajectory = check_bool(return_trajectory, "return_trajectory")
 
-    @property
-    def t_final(self) -> float:
-        """Deprecated name of `duration` (the interval's length), until 1.0."""
-        warnings.warn("`t_final` is deprecated: use `duration`.", DeprecationWarning, stacklevel=2)
-        return self.duration
+    def __getattr__(self, name: str):
+        # `t_final`, the deprecated name of `duration` (until 1.0), is looked up here rather
+        # than as a property, so that Keras's saving, which reads every attribute `dir()`
+        # lists, does not warn about it.
+        if name == "t_final":
+            warnings.warn("`t_final` is deprecated: use `duration`.", DeprecationWarning, stacklevel=2)
+            return self.duration
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
 
     @property
     def step_size(self) -> float:
@@ -521,4 +525,4 @@ def _traced_integrate(layer: StepwiseODE) -> Callable[..., tuple[tf.Tensor, tf.T
 
 def layers_of(model: keras.layers.Layer, cls: type[L]) -> list[L]:
     """Every layer of class `cls` inside `model`, however deeply nested, once each."""
-    return [layer for layer in model._flatten_layers(include_self=False, recursive=True) if isinstance(layer, cls)]
+    return [layer for layer in flatten_layers(model) if isinstance(layer, cls)]

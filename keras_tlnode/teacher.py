@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import keras
 import tensorflow as tf
 import tensorflow_probability as tfp
 
@@ -19,6 +20,7 @@ from keras_tlnode.validation import check_bool, check_float, check_int
 Field = Callable[..., tf.Tensor]
 
 
+@keras.saving.register_keras_serializable(package="keras_tlnode")
 class DormandPrinceTeacher:
     """Solves dx/dt = f(x) (or f(x, t)) over one interval with tfp's DormandPrince.
 
@@ -29,12 +31,15 @@ class DormandPrinceTeacher:
     non-finite f has `ok=False`. The cap stops the solve: a failed capped solve
     costs about `max_num_steps` steps. The teacher counts evaluations in a
     variable; under a distribution strategy, create it (or compile the model
-    that creates the default one) inside the strategy's scope.
+    that creates the default one) inside the strategy's scope. A compiled
+    `TLNODEModel` saves its teacher by registered class, so a subclass
+    registered with `keras.saving.register_keras_serializable` (and a
+    `get_config` for any argument of its own) reloads as itself.
 
     The default tolerance, 1e-6, puts the targets' error orders of magnitude
-    below what the correction reaches (docs/results.md, "The correction"), at about half
+    below what the correction reaches (docs/results.md, "The correction's settings"), at about half
     the cost of 1e-8. With `jit_compile=True` (default) the solve is compiled by
-    XLA, which makes it 3-5x cheaper on CPU than graph mode; pass
+    XLA, which makes it several times cheaper on CPU than graph mode (docs/results.md, "The correction's settings"); pass
     `jit_compile=False` for a vector field with ops that XLA cannot compile.
 
     Args:
@@ -104,3 +109,7 @@ class DormandPrinceTeacher:
             "dtype": self.dtype.name,
             "jit_compile": self.jit_compile,
         }
+
+    @classmethod
+    def from_config(cls, config: dict) -> DormandPrinceTeacher:
+        return cls(**config)

@@ -14,9 +14,7 @@ from typing import NamedTuple
 import keras
 import tensorflow as tf
 
-# Functional is not exported by Keras; it is the class keras.Model(inputs, outputs) builds.
-from keras.src.models.functional import Functional
-
+from keras_tlnode.compat import Functional, loss_tracker
 from keras_tlnode.layers import TaylorLagrangeODE, layers_of
 from keras_tlnode.recording import recorded_calls
 from keras_tlnode.rollout import rollout
@@ -27,12 +25,12 @@ from keras_tlnode.validation import check_instance, check_int, check_optional_in
 # steps): Adam at 1e-4, 1e-3, 1e-2, 3e-2 made the step 5x, 370x, 3800x, 370000x more
 # accurate than the uncorrected one; 1e-2 keeps a margin below the largest rate tried.
 DEFAULT_CORRECTION_LEARNING_RATE = 1e-2
-# The schedule, measured with examples/correction_study.py (stiff system started near
+# The schedule, measured with the former correction study (stiff system started near
 # the true field, 3000 steps; one-step test MSE, the uncorrected layer 2.3e-2): one
 # update per solve every 10 steps 9.4e-3, 4 per solve 1.3e-3, 8 per solve 5.3e-4,
 # 4 per solve every 5 steps 4.3e-4. Solving from 64 sampled states instead of all
 # 256 changed nothing measurable (1.3e-3 vs 1.2e-3) and makes the teacher's cost
-# independent of the batch size (docs/results.md, "The correction").
+# independent of the batch size (docs/results.md, "The correction's settings").
 DEFAULT_CORRECTION_EVERY = 5
 DEFAULT_CORRECTION_STEPS = 4
 DEFAULT_TEACHER_SAMPLES = 64
@@ -63,6 +61,8 @@ class TLNODEModel(keras.Model):
     (both averaged over the correction steps of the epoch only; 0 before the
     first), `teacher_failures` (count), `trust` (mean over the corrections; 1
     for a correction without trust, 0 logged for a model without corrections).
+    Evaluation (`evaluate`, the `val_` logs of `fit`) reports the compiled
+    metrics and `nfe` only: the others measure training.
 
     Example:
 
@@ -95,6 +95,7 @@ class TLNODEModel(keras.Model):
         correction_steps: int = DEFAULT_CORRECTION_STEPS,
         teacher_samples: int | None = DEFAULT_TEACHER_SAMPLES,
         teacher: DormandPrinceTeacher | None = None,
+        auto_scale_loss: bool = True,
         **kwargs,
     ) -> None:
         """Configures the model for training; Keras's `compile` arguments plus:
@@ -109,6 +110,8 @@ class TLNODEModel(keras.Model):
                 (drawn per step, deterministically), >= 1; None: all of them.
             teacher: the reference solver; default `DormandPrinceTeacher()`
                 (rtol = atol = 1e-6, float64, XLA).
+            auto_scale_loss: as in Keras: under the `mixed_float16` policy, wrap
+                both optimizers in a `LossScaleOptimizer`.
         """
         correction_every = check_int(correction_every, "correction_every")
         correction_steps = check_int(correction_steps, "correction_steps")
@@ -123,12 +126,15 @@ class TLNODEModel(keras.Model):
                 "`teacher` was created under another distribution strategy than the model; "
                 "create it inside the model's `strategy.scope()`."
             )
-        super().compile(optimizer=optimizer, loss=loss, **kwargs)
+        super().compile(optimizer=optimizer, loss=loss, auto_scale_loss=auto_scale_loss, **kwargs)
         if correction_optimizer is None:
             correction_optimizer = keras.optimizers.Adam(DEFAULT_CORRECTION_LEARNING_RATE)
         self.correction_optimizer = keras.optimizers.get(correction_optimizer)
-        if self.dtype_policy.name == "mixed_float16" and not isinstance(
-            self.correction_optimizer, keras.optimizers.LossScaleOptimizer
+        self.auto_scale_loss = auto_scale_loss
+        if (
+            auto_scale_loss
+            and self.dtype_policy.name == "mixed_float16"
+            and not isinstance(self.correction_optimizer, keras.optimizers.LossScaleOptimizer)
         ):
             # As Keras's compile does for the main optimizer: float16 gradients underflow unscaled.
             self.correction_optimizer = keras.optimizers.LossScaleOptimizer(self.correction_optimizer)
@@ -136,14 +142,7 @@ class TLNODEModel(keras.Model):
         self.correction_steps = correction_steps
         self.teacher_samples = teacher_samples
         self.teacher = teacher
-        self._tl_metrics = {
-            "remainder": keras.metrics.Mean(name="remainder"),
-            "nfe": keras.metrics.Mean(name="nfe"),
-            "correction_loss": keras.metrics.Mean(name="correction_loss"),
-            "teacher_nfe": keras.metrics.Mean(name="teacher_nfe"),
-            "teacher_failures": keras.metrics.Sum(name="teacher_failures"),
-            "trust": keras.metrics.Mean(name="trust"),
-        }
+        self._tl_metrics = _TrainingMetrics()
         if self.built:
             self._build_optimizers()
 
@@ -155,19 +154,35 @@ class TLNODEModel(keras.Model):
                 correction_every=self.correction_every,
                 correction_steps=self.correction_steps,
                 teacher_samples=self.teacher_samples,
-                teacher=self.teacher.get_config(),
+                teacher=keras.saving.serialize_keras_object(self.teacher),
+                auto_scale_loss=self.auto_scale_loss,
             )
         return config
 
     def compile_from_config(self, config: dict) -> None:
+        teacher = config.pop("teacher")
         config = keras.saving.deserialize_keras_object(config)
         with self.distribute_strategy.scope():
-            teacher = DormandPrinceTeacher(**config.pop("teacher"))
+            # A registered subclass comes back as itself; its step counter lives in the strategy.
+            # keras_tlnode 0.1 saved the bare arguments of a DormandPrinceTeacher.
+            teacher = (
+                keras.saving.deserialize_keras_object(teacher)
+                if "class_name" in teacher
+                else DormandPrinceTeacher(**teacher)
+            )
         self.compile(teacher=teacher, **config)
 
     @property
     def metrics(self) -> list[keras.metrics.Metric]:
-        return super().metrics + list(getattr(self, "_tl_metrics", {}).values())
+        own = getattr(self, "_tl_metrics", None)
+        return super().metrics + ([] if own is None else own.logged)
+
+    def test_step(self, data):
+        super().test_step(data)  # the loss and the compiled metrics
+        self._tl_metrics.nfe.update_state(float(sum(layer.nfe for layer in layers_of(self, TaylorLagrangeODE))))
+        # Keras logs every metric in `metrics`; those of training alone would read as zeros.
+        training_only = {metric.name for metric in self._tl_metrics.training_only}
+        return {name: value for name, value in self.get_metrics_result().items() if name not in training_only}
 
     def train_step(self, data):
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
@@ -178,7 +193,7 @@ class TLNODEModel(keras.Model):
             if layer.correction is not None and layer in calls.inputs
         ]
         if corrected:
-            self._tl_metrics["trust"].update_state(tf.add_n([_trust(layer) for layer in corrected]) / len(corrected))
+            self._tl_metrics.trust.update_state(tf.add_n([_trust(layer) for layer in corrected]) / len(corrected))
             if _correction_variables(corrected):
                 # A shared layer's correction is fitted on the inputs of all of its calls.
                 inputs = {layer: _all_calls(layer, calls.inputs[layer]) for layer in corrected}
@@ -212,11 +227,11 @@ class TLNODEModel(keras.Model):
         batch = tf.shape(tf.nest.flatten(x)[0])[0]
         # Keras scales the loss by 1/replicas under tf.distribute; the log shows it unscaled.
         replicas = tf.distribute.get_strategy().num_replicas_in_sync
-        self._loss_tracker.update_state(loss * replicas, sample_weight=batch)
-        self._tl_metrics["remainder"].update_state(
+        loss_tracker(self).update_state(loss * replicas, sample_weight=batch)
+        self._tl_metrics.remainder.update_state(
             tf.add_n([tf.zeros(())] + [tf.cast(p, tf.float32) for p in calls.penalties])
         )
-        self._tl_metrics["nfe"].update_state(float(sum(layer.nfe for layer in ode_layers)))
+        self._tl_metrics.nfe.update_state(float(sum(layer.nfe for layer in ode_layers)))
         return y_pred, calls
 
     def _build_optimizers(self) -> None:
@@ -289,9 +304,9 @@ class TLNODEModel(keras.Model):
         # A skipped solve's loss may be NaN, which a zero sample weight would not keep out of the mean.
         logged = tf.logical_and(solved, tf.math.is_finite(first_loss))
         first_loss = tf.where(logged, first_loss, tf.zeros_like(first_loss))
-        self._tl_metrics["correction_loss"].update_state(first_loss, sample_weight=tf.cast(logged, tf.float32))
-        self._tl_metrics["teacher_nfe"].update_state(teacher_nfe, sample_weight=tf.cast(due, tf.float32))
-        self._tl_metrics["teacher_failures"].update_state(tf.cast(tf.logical_and(due, tf.logical_not(ok)), tf.float32))
+        self._tl_metrics.correction_loss.update_state(first_loss, sample_weight=tf.cast(logged, tf.float32))
+        self._tl_metrics.teacher_nfe.update_state(teacher_nfe, sample_weight=tf.cast(due, tf.float32))
+        self._tl_metrics.teacher_failures.update_state(tf.cast(tf.logical_and(due, tf.logical_not(ok)), tf.float32))
 
     def _correction_gradients(
         self, problems: list[_CorrectionProblem], targets: list[tf.Tensor], variables: list[tf.Variable]
@@ -320,6 +335,33 @@ class TLNODEModel(keras.Model):
 
     def _correction_step(self, gradients: list, variables: list[tf.Variable]) -> None:
         self.correction_optimizer.apply_gradients(zip(gradients, variables, strict=True))
+
+
+class _TrainingMetrics:
+    """TLNODEModel's own metrics, which `compile` creates as Keras creates its compiled ones.
+
+    Held in a plain object, out of Keras's attribute tracking: a tracked metric
+    would be listed by `metrics` a second time, stay listed after a recompile,
+    and cannot be added to a model that is already built.
+    """
+
+    def __init__(self) -> None:
+        self.nfe = keras.metrics.Mean(name="nfe")
+        self.remainder = keras.metrics.Mean(name="remainder")
+        self.correction_loss = keras.metrics.Mean(name="correction_loss")
+        self.teacher_nfe = keras.metrics.Mean(name="teacher_nfe")
+        self.teacher_failures = keras.metrics.Sum(name="teacher_failures")
+        self.trust = keras.metrics.Mean(name="trust")
+
+    @property
+    def logged(self) -> list[keras.metrics.Metric]:
+        """In the order of the training logs."""
+        return [self.remainder, self.nfe, self.correction_loss, self.teacher_nfe, self.teacher_failures, self.trust]
+
+    @property
+    def training_only(self) -> list[keras.metrics.Metric]:
+        """Those that mean nothing in evaluation: all but `nfe`."""
+        return [metric for metric in self.logged if metric is not self.nfe]
 
 
 @keras.saving.register_keras_serializable(package="keras_tlnode", name="FunctionalTLNODEModel")

@@ -191,3 +191,98 @@ def test_a_teacher_from_another_strategy_scope_is_refused():
         with pytest.raises(ValueError, match="`teacher` was created under another distribution strategy"):
             model.compile(optimizer="sgd", loss="mse", teacher=teacher)
         model.compile(optimizer="sgd", loss="mse", teacher=kt.DormandPrinceTeacher())
+
+
+TRAINING_ONLY = {"remainder", "correction_loss", "teacher_nfe", "teacher_failures", "trust"}
+
+
+def test_metrics_are_listed_once_after_compile_fit_compile_fit():
+    model, _ = tl_model(metrics=["mae"])
+    x, y = spiral_pairs()
+    for _ in range(2):
+        model.compile(optimizer="sgd", loss="mse", metrics=["mae"], correction_steps=1)
+        model.fit(x, y, batch_size=16, epochs=1, verbose=0)
+        names = model.metrics_names
+        assert len(names) == len(set(names)), names
+        assert TRAINING_ONLY | {"loss", "nfe"} <= set(names)
+
+
+def test_evaluation_reports_nfe_and_the_compiled_metrics_only():
+    model, ode = tl_model(metrics=["mae"])
+    x, y = spiral_pairs()
+    logs = model.evaluate(x, y, batch_size=16, verbose=0, return_dict=True)
+    assert set(logs) == {"loss", "mae", "nfe"}
+    assert logs["nfe"] == ode.nfe
+    np.testing.assert_allclose(logs["mae"], np.mean(np.abs(model.predict(x, verbose=0) - y)), rtol=1e-5)
+    as_list = model.evaluate(x, y, batch_size=16, verbose=0)
+    assert as_list == pytest.approx([logs["loss"], logs["mae"], logs["nfe"]])
+    history = model.fit(x, y, batch_size=16, epochs=1, verbose=0, validation_split=0.25).history
+    assert TRAINING_ONLY <= set(history)
+    assert {name for name in history if name.startswith("val_")} == {"val_loss", "val_mae", "val_nfe"}
+
+
+@keras.saving.register_keras_serializable(package="keras_tlnode_tests")
+class SubclassedModel(kt.TLNODEModel):
+    """A subclassed model (its layers made in __init__, its graph in call)."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.ode = kt.TaylorLagrangeODE(
+            keras.layers.Dense(2), duration=DT, correction=kt.MidpointCorrection(hidden_units=(4,))
+        )
+
+    def call(self, x):
+        return self.ode(x)
+
+
+def test_a_subclass_called_before_compile_trains_and_reloads(tmp_path):
+    keras.utils.set_random_seed(0)
+    model = SubclassedModel()
+    x, y = spiral_pairs()
+    model(x[:2])  # inspected first: built before compile
+    model.compile(optimizer="sgd", loss="mse", correction_every=1, correction_steps=1)
+    history = model.fit(x, y, batch_size=16, epochs=2, verbose=0).history
+    assert history["loss"][1] < history["loss"][0] and history["correction_loss"][0] > 0
+    path = str(tmp_path / "subclassed.keras")
+    model.save(path)
+    restored = keras.models.load_model(path)
+    assert isinstance(restored, SubclassedModel) and restored.correction_every == 1
+    np.testing.assert_allclose(restored.predict(x, verbose=0), model.predict(x, verbose=0), rtol=1e-6, atol=1e-7)
+    assert len(restored.metrics_names) == len(set(restored.metrics_names))
+
+
+def test_auto_scale_loss_false_leaves_both_optimizers_unwrapped(mixed_precision):
+    model, _ = tl_model(auto_scale_loss=False)
+    assert not isinstance(model.optimizer, keras.optimizers.LossScaleOptimizer)
+    assert not isinstance(model.correction_optimizer, keras.optimizers.LossScaleOptimizer)
+    assert model.get_compile_config()["auto_scale_loss"] is False
+
+
+@keras.saving.register_keras_serializable(package="keras_tlnode_tests")
+class CountingTeacher(kt.DormandPrinceTeacher):
+    """A user's teacher with an argument of its own."""
+
+    def __init__(self, label: str = "mine", **kwargs):
+        super().__init__(**kwargs)
+        self.label = label
+
+    def get_config(self) -> dict:
+        return {**super().get_config(), "label": self.label}
+
+
+def test_the_teacher_reloads_as_its_registered_class(tmp_path):
+    model, _ = tl_model(teacher=CountingTeacher(label="tight", rtol=1e-7, atol=1e-7))
+    x, y = spiral_pairs()
+    model.fit(x, y, batch_size=16, epochs=1, verbose=0)
+    path = str(tmp_path / "teacher.keras")
+    model.save(path)
+    teacher = keras.models.load_model(path).teacher
+    assert type(teacher) is CountingTeacher and teacher.label == "tight" and teacher.rtol == 1e-7
+
+
+def test_a_teacher_saved_by_0_1_as_bare_arguments_still_loads():
+    model, _ = tl_model()
+    config = model.get_compile_config()
+    config["teacher"] = {"rtol": 1e-5, "atol": 1e-5, "max_num_steps": 100, "dtype": "float64", "jit_compile": True}
+    model.compile_from_config(config)
+    assert type(model.teacher) is kt.DormandPrinceTeacher and model.teacher.rtol == 1e-5
