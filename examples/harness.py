@@ -337,11 +337,32 @@ def format_table(rows: dict[str, dict], columns: list[tuple[str, str, str]]) -> 
     ]
     lines.append("-" * len(lines[0]))
     for row in rows.values():
-        cells = [f"{row[key]:{spec}}" if row.get(key) is not None else "-" for key, _, spec in columns]
+        cells = table_cells(row, columns)
         lines.append(
             f"{row['label']:<{label_width}}  " + "  ".join(f"{c:>{w}}" for c, w in zip(cells, widths, strict=True))
         )
     return "\n".join(lines)
+
+
+def table_cells(row: dict, columns: list[tuple[str, str, str]]) -> list[str]:
+    """`row`'s value of each column, formatted by its spec; "-" where there is none."""
+    return [f"{row[key]:{spec}}" if row.get(key) is not None else "-" for key, _, spec in columns]
+
+
+def markdown_table(rows: dict[str, dict], columns: list[tuple[str, str, str]], first: str = "method") -> str:
+    """The same table as `format_table`, in Markdown, for the docs (examples/docs_tables.py)."""
+    lines = [
+        f"| {first} | " + " | ".join(header for _, header, _ in columns) + " |",
+        "| --- |" + " ---: |" * len(columns),
+    ]
+    for row in rows.values():
+        lines.append(f"| {row['label']} | " + " | ".join(table_cells(row, columns)) + " |")
+    return "\n".join(lines)
+
+
+def methods_block(columns: list[tuple[str, str, str]]) -> Callable[[dict], str]:
+    """A docs block of an example (examples/docs_tables.py): its report's methods as a Markdown table."""
+    return lambda report: markdown_table(report["methods"], columns)
 
 
 def write_json(report: dict, path: str) -> None:

@@ -163,15 +163,6 @@ def test_every_method_runs_and_reports(suite, tmp_path):
     assert suite.details_block(saved).count("\n| ") == 2 + len(entry["runs"])  # header, rule, one row per run
 
 
-def test_replace_block_rewrites_only_between_the_markers(suite):
-    text = "a\n<!-- systems_suite:summary -->\nold\n<!-- /systems_suite:summary -->\nb\n"
-    assert suite.replace_block(text, "summary", "new") == (
-        "a\n<!-- systems_suite:summary -->\nnew\n<!-- /systems_suite:summary -->\nb\n"
-    )
-    with pytest.raises(ValueError, match="gates"):
-        suite.replace_block(text, "gates", "new")
-
-
 @pytest.mark.parametrize("widths", [(64,), (512, 512)])
 def test_linear_field_started_near_a_matrix_computes_it(suite, widths):
     near = suite.known.stiff_near_matrix()
