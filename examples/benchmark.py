@@ -451,6 +451,132 @@ def quick_examples(out: str) -> dict:
     return {"stiff_dynamics": stiff, "classification": digits}
 
 
+# ---------------------------------------------------------------- the docs' tables
+
+
+def taylor_cost_block(results: dict) -> str:
+    """(a): the cost of taylor_coefficients per order, relative to one call of f."""
+    cost = results["taylor_cost"]["taylor_cost"]
+    lines = ["| order | graph (`tf.function`) | XLA (`jit_compile=True`) |", "| ---: | ---: | ---: |"]
+    for order in cost["graph"]["orders"]:
+        cells = [f"{cost[mode]['orders'][order]['ratio_to_f']:.1f}x" for mode in ("graph", "xla")]
+        lines.append(f"| {order} | " + " | ".join(cells) + " |")
+    lines.append(
+        f"| one call of f | {1e3 * cost['graph']['f_seconds']:.2f} ms | {1e3 * cost['xla']['f_seconds']:.2f} ms |"
+    )
+    return "\n".join(lines)
+
+
+def latency_block(results: dict) -> str:
+    """(b): TL-NODE's prediction against DormandPrince at the loosest tolerance as accurate."""
+    lines = [
+        "| field, Δt | TL-NODE error | TL-NODE ms (f-evals) | DormandPrince as accurate | its ms (f-evals) "
+        "| TL-NODE faster by |",
+        "| --- | ---: | ---: | --- | ---: | ---: |",
+    ]
+    for name, field in results["latency"]["inference"].items():
+        tl, matched = field["tl_node"], field["matched"]
+        if not matched["reached"]:
+            lines.append(f"| {name} | {tl['error']:.1e} | {tl['ms']:.2f} ({tl['nfe']}) | none as accurate | - | - |")
+            continue
+        dopri = next(row for row in field["dopri5"] if row["tolerance"] == matched["tolerance"])
+        lines.append(
+            f"| {name} | {tl['error']:.1e} | {tl['ms']:.2f} ({tl['nfe']}) "
+            f"| tol {dopri['tolerance']:.0e}: {dopri['error']:.1e} | {dopri['ms']:.2f} ({dopri['nfe']}) "
+            f"| {matched['speedup']:.1f}x |"
+        )
+    return "\n".join(lines)
+
+
+def quick_block(example: str) -> Callable[[dict], str]:
+    """(c): one example's quick run, as its own table."""
+
+    def block(results: dict) -> str:
+        module = __import__(example)
+        return harness.markdown_table(results["benchmark"]["examples"][example]["methods"], module.COLUMNS)
+
+    return block
+
+
+def teacher_block(results: dict) -> str:
+    """(d): the teacher's targets against the exact flow, per solve of the default states."""
+    rows: dict[tuple, dict] = {}
+    for row in results["training_step"]["training_step"]["teacher"]:
+        entry = rows.setdefault((row["tolerance"], row["dtype"]), {"nfe": row["nfe"], "mse": row["target_mse"]})
+        entry["xla" if row["jit_compile"] else "graph"] = row["ms"]
+    lines = [
+        "| teacher rtol = atol, dtype | target MSE | f-evals | ms, graph | ms, XLA |",
+        "| --- | ---: | ---: | ---: | ---: |",
+    ]
+    for (tolerance, dtype), entry in rows.items():
+        lines.append(
+            f"| {tolerance:.0e}, {dtype} | {entry['mse']:.1e} | {entry['nfe']} | {entry['graph']:.2f} "
+            f"| {entry['xla']:.2f} |"
+        )
+    return "\n".join(lines)
+
+
+def training_step_block(results: dict) -> str:
+    """(d): one training step of TL-NODE, its parts, and DormandPrince's, per setting."""
+    lines = [
+        "| setting | TL-NODE ms | phase 1 | teacher | Γ updates | correction share | DormandPrince 1e-6 ms | ratio |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for name, row in results["training_step"]["training_step"]["settings"].items():
+        lines.append(
+            f"| {name} | {row['tl_node']:.2f} | {row['phase1']:.2f} | {row['teacher_per_step']:.2f} "
+            f"| {row['updates_per_step']:.2f} | {row['teacher_share']:.0%} | {row['dopri']:.1f} | {row['speedup']:.1f}x |"
+        )
+    return "\n".join(lines)
+
+
+def against_baseline_block(results: dict) -> str:
+    """(e): time to accuracy on the stiff system from a random start, and the step ratio at two sizes of f."""
+    found = results["time_to_accuracy"]["against_baseline"]
+    accuracy = found["time_to_accuracy"]
+    lines = [
+        "| run | TL-NODE | DormandPrince 1e-6 | ratio |",
+        "| --- | ---: | ---: | ---: |",
+    ]
+    tl, dopri = (accuracy["summary"][key] for key in ("tl_node@1", "dopri"))
+    times = [
+        "never" if e["to_accuracy_s"]["median"] is None else f"{e['to_accuracy_s']['median']:.1f}" for e in (tl, dopri)
+    ]
+    speedup = "-" if accuracy["speedup"] is None else f"{accuracy['speedup']:.1f}x"
+    lines.append(
+        f"| time to 1.2x DormandPrince's final one-step MSE, s ({accuracy['steps']} steps, "
+        f"median of {len(accuracy['seeds'])} seeds) | {times[0]} | {times[1]} | {speedup} |"
+    )
+    lines.append(
+        f"| final one-step MSE | {tl['one_step']['median']:.1e} | {dopri['one_step']['median']:.1e} "
+        f"| {tl['one_step']['median'] / dopri['one_step']['median']:.2g}x |"
+    )
+    for name, row in found["step_by_field_size"].items():
+        lines.append(
+            f"| ms per training step, f_θ {name} | {row['tl_node']:.2f} | {row['dopri']:.2f} | {row['ratio']:.1f}x |"
+        )
+    return "\n".join(lines)
+
+
+# The docs' tables from this script's committed results (examples/docs_tables.py).
+RESULTS = {
+    "benchmark": "benchmark.json",
+    "taylor_cost": "benchmark_taylor_cost.json",
+    "latency": "benchmark_latency.json",
+    "training_step": "benchmark_training_step.json",
+    "time_to_accuracy": "benchmark_time_to_accuracy.json",
+}
+DOC_BLOCKS = {
+    "taylor_cost": taylor_cost_block,
+    "latency": latency_block,
+    "quick_stiff": quick_block("stiff_dynamics"),
+    "quick_digits": quick_block("classification"),
+    "teacher": teacher_block,
+    "training_step": training_step_block,
+    "against_baseline": against_baseline_block,
+}
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--parts", nargs="+", choices=["a", "b", "c", "d", "e"], default=["a", "b", "c", "d", "e"])

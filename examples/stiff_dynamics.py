@@ -282,7 +282,7 @@ def make_config(args: argparse.Namespace) -> dict:
 
 COLUMNS = [
     ("field_rel_error", "f rel. error", ".2f"),
-    ("rollout_rel_l2", "rollout rel. L2", ".2g"),
+    ("rollout_rel_l2", "rollout rel. L2", ".3g"),
     ("one_step_mse", "one-step MSE", ".2e"),
     ("train_seconds", "train s", ".1f"),
     ("step_ms", "ms / step", ".2f"),
