@@ -83,7 +83,6 @@ REMAINDER_WEIGHT = 10.0
 # paper's code trains MNIST at 1e-2 for 160 epochs (96000 steps); quick mode
 # has 300 steps, in which 3e-2 learns faster than 1e-2 (tried on Taylor 2).
 LEARNING_RATE = (3e-2, 3e-3)
-# The paper's correction schedule: every 400 steps of 600 per epoch (MNIST, batch 100).
 BASELINE_TOLERANCE = 1e-7  # measured, see the module docstring
 # Steps per call of Keras's compiled train function, the same for every method.
 # 1, 10 and 15 (an epoch) gave the same time per step here (within 5%): the

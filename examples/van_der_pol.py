@@ -220,9 +220,8 @@ def run_method(method: str, data: dict, config: dict) -> tuple[dict, np.ndarray]
     log = harness.TrainingLog(
         METHODS[method], evaluate=lambda: one_step_mse(predict, test_x, test_y), every=config["eval_every"]
     )
-    # The dataset reshuffles itself every epoch; full batches only, because XLA
-    # cannot compile the gradient of a Taylor step of a GELU field for a batch
-    # of unknown size (README, "Limitations").
+    # The dataset reshuffles itself every epoch; full batches only: one input
+    # shape, so that XLA compiles each model once.
     history = model.fit(
         harness.training_pipeline(data["x"], data["y"], config["batch_size"], config["seed"], drop_remainder=True),
         epochs=config["epochs"],

@@ -33,8 +33,8 @@ class MidpointCorrection(keras.layers.Layer):
     point x(t + θΔt) with θ in (0, 1); `bounded=True` keeps each component of Γ
     in (0, 1) accordingly. It is not the default: ξ is a straight-line
     extrapolation, not a point of the curved solution, and on a nonlinear
-    system (Van der Pol, docs/results.md, "The correction") the bound made the model 2.3x
-    less accurate than without it.
+    system (Van der Pol, docs/results.md, "The correction's settings") the bound left the model about
+    2x worse than uncorrected.
 
     `γ₀ = base_value` defaults to 1/(p+2) for a `TaylorLagrangeODE` of order
     p, which by the mean-value expansion makes the untrained step one order more

@@ -26,7 +26,8 @@ class DormandPrinceTeacher:
 
     The solve runs in `dtype` (float64 by default, also for float32 models: f is
     evaluated in its own dtype and the solver's state and error control stay in
-    float64, at the same cost as float32 on CPU). A solve that reports a
+    float64: about float32's cost in a graph, somewhat more under XLA, a small
+    share of a training step either way). A solve that reports a
     non-success status, needs more than `max_num_steps` steps, or meets a
     non-finite f has `ok=False`. The cap stops the solve: a failed capped solve
     costs about `max_num_steps` steps. The teacher counts evaluations in a

@@ -548,7 +548,7 @@ def tflite_run(blob: bytes, x: np.ndarray) -> np.ndarray:
 
 @pytest.mark.filterwarnings("ignore:.*tf.lite.Interpreter is deprecated")
 def test_tflite_converts_a_fixed_batch_export_to_builtin_ops(tmp_path):
-    """README, "TensorFlow Lite": with a fixed batch size, orders 1-3 convert to builtin ops only."""
+    """docs/usage.md, "TensorFlow Lite": with a fixed batch size, the orders tested here convert to builtin ops only."""
     keras.utils.set_random_seed(3)
     model = functional(ode(1, "vector"))
     randomize(model, 3)
