@@ -425,10 +425,11 @@ def plot_bars(path: str, groups: dict[str, dict[str, float]], title: str, log: b
     save_figure(figure, path)
 
 
-def save_figure(figure, path: str) -> None:
-    """Writes `figure` to `path` (creating its directory) and closes it."""
+def save_figure(figure, path: str, top: float = 1.0) -> None:
+    """Writes `figure` to `path` (creating its directory) and closes it; the panels fill it up to `top`
+    (a fraction of its height: room for a figure legend above them)."""
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    figure.tight_layout()
+    figure.tight_layout(rect=(0, 0, 1, top))
     figure.savefig(path)
     pyplot().close(figure)
     print(f"wrote {path}")

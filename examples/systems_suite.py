@@ -658,12 +658,13 @@ def pareto_plot(path: str, report: dict) -> None:
         axes.set_xlabel("training s", fontsize=8)
         axes.set_ylabel("rollout error" + (" (absolute)" if entry["decays"] else ""), fontsize=8)
         axes.grid(alpha=0.3, which="both")
+        # Times span decades: label those only (the minor labels overlapped).
+        axes.xaxis.set_minor_formatter(plt.NullFormatter())
     for axes in list(panels.flat)[len(names) :]:
         axes.axis("off")
     handles, labels = panels.flat[0].get_legend_handles_labels()
-    figure.legend(handles, labels, loc="lower center", ncol=4, fontsize=7)
-    figure.subplots_adjust(bottom=0.18)
-    harness.save_figure(figure, path)
+    figure.legend(handles, labels, loc="upper center", ncol=6, fontsize=7)
+    harness.save_figure(figure, path, top=1 - 0.8 / (3.4 * rows))
 
 
 # ---------------------------------------------------------------- command line
