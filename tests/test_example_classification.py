@@ -94,7 +94,7 @@ def test_main_writes_json_and_chart(classification, tmp_path, capsys):
     assert (tmp_path / "plots" / "classification.png").read_bytes()[:4] == b"\x89PNG"
 
     out = capsys.readouterr().out
-    assert "test acc" in out and "nfe/solve" in out and "DormandPrince" in out
+    assert "test accuracy" in out and "f-evals / solve" in out and "DormandPrince" in out
 
 
 def test_mnist_npz_is_loaded(classification, tmp_path):

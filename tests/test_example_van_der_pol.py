@@ -114,7 +114,7 @@ def test_van_der_pol_main_writes_report_and_plots(vdp, tmp_path, capsys):
     for name in ("curves", "bars", "portraits"):
         assert (tmp_path / f"van_der_pol_{name}.png").stat().st_size > 0
     out = capsys.readouterr().out
-    assert "1-step MSE" in out and "TL-NODE" in out and "DormandPrince" in out
+    assert "one-step MSE" in out and "TL-NODE" in out and "DormandPrince" in out
 
 
 @pytest.mark.parametrize(

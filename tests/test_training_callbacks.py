@@ -93,7 +93,7 @@ def _ode(model: keras.Model) -> kt.TaylorLagrangeODE:
 
 def _correction_weights(model: keras.Model) -> list[np.ndarray]:
     """The weights the correction phase fits (the trust trains with the dynamics)."""
-    return [np.array(w) for w in _ode(model).correction.fitted_variables]
+    return [w.numpy() for w in _ode(model).correction.fitted_variables]
 
 
 def _state(model: keras.Model) -> dict:
@@ -101,9 +101,9 @@ def _state(model: keras.Model) -> dict:
     return {
         "weights": [np.array(w) for w in model.get_weights()],
         "iterations": int(model.optimizer.iterations),
-        "optimizer": [np.array(v) for v in model.optimizer.variables],
+        "optimizer": [v.numpy() for v in model.optimizer.variables],
         "correction_iterations": int(model.correction_optimizer.iterations),
-        "correction_optimizer": [np.array(v) for v in model.correction_optimizer.variables],
+        "correction_optimizer": [v.numpy() for v in model.correction_optimizer.variables],
     }
 
 
@@ -211,13 +211,13 @@ def test_model_checkpoint_reload_keeps_both_optimizer_states(checkpoints):
     assert int(restored.optimizer.iterations) == int(model.optimizer.iterations) == EPOCHS * STEPS_PER_EPOCH
     assert int(restored.correction_optimizer.iterations) == int(model.correction_optimizer.iterations)
     _assert_optimizer_state_equal(
-        [np.array(v) for v in restored.optimizer.variables],
-        [np.array(v) for v in model.optimizer.variables],
+        [v.numpy() for v in restored.optimizer.variables],
+        [v.numpy() for v in model.optimizer.variables],
         "optimizer",
     )
     _assert_optimizer_state_equal(
-        [np.array(v) for v in restored.correction_optimizer.variables],
-        [np.array(v) for v in model.correction_optimizer.variables],
+        [v.numpy() for v in restored.correction_optimizer.variables],
+        [v.numpy() for v in model.correction_optimizer.variables],
         "correction_optimizer",
     )
 
