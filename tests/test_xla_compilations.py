@@ -56,6 +56,7 @@ CHILD = textwrap.dedent(
         tlnode = model(int(order), kind)
         x = np.random.default_rng(0).uniform(-1, 1, (16 * steps, 2)).astype("float32")
         print("CASE", case, flush=True)
+        print("CASE", case, file=sys.stderr, flush=True)  # marks where its compilations start
         tlnode.fit(x, np.tanh(x), batch_size=16, epochs=1, verbose=0)
         tlnode.predict(x + 1, batch_size=16, verbose=0)
         sys.stderr.flush()
@@ -71,21 +72,35 @@ def compilations(cases: list[str]) -> dict[str, collections.Counter]:
         [sys.executable, "-c", CHILD, str(STEPS), *cases], capture_output=True, text=True, env=env, timeout=600
     )
     assert run.returncode == 0, run.stderr[-5000:]
-    # stdout and stderr are separate pipes: the cases run in order, so each
-    # compilation belongs to the case whose function name it carries.
+    # XLA logs to the same stream as the case markers, after them: each
+    # compilation belongs to the case marked last.
     counts: dict[str, collections.Counter] = {}
-    for match in re.finditer(r"Compiled (\S+) (\d+) times", run.stderr):
-        counts.setdefault("all", collections.Counter())[match[1]] = int(match[2])
+    case = None
+    for line in run.stderr.splitlines():
+        if line.startswith("CASE "):
+            case = line.split()[1]
+        elif match := re.search(r"Compiled (\S+) (\d+) times", line):
+            counts.setdefault(case, collections.Counter())[match[1]] = int(match[2])
     assert [line.split()[1] for line in run.stdout.splitlines() if line.startswith("DONE")] == cases
     return counts
 
 
-@pytest.mark.parametrize("order", [2, 3])
-def test_xla_training_compiles_once(order):
-    cases = [f"{order}-tanh", f"{order}-gelu", f"{order}-forced"]
-    counts = compilations(cases)["all"]
-    steps = {name: count for name, count in counts.items() if "step_on_data" in name}
-    # One training and one prediction function per case, each compiled once
-    # over its 50 steps (and 50 prediction batches, on new inputs).
-    assert len(steps) == 2 * len(cases), counts
-    assert set(steps.values()) == {1}, counts
+ORDERS = (2, 3)
+KINDS = ("tanh", "gelu", "forced")
+
+
+@pytest.fixture(scope="module")
+def counts() -> dict[str, collections.Counter]:
+    """Every case of every order in one child process (one TensorFlow start)."""
+    return compilations([f"{order}-{kind}" for order in ORDERS for kind in KINDS])
+
+
+@pytest.mark.parametrize("order", ORDERS)
+def test_xla_training_compiles_once(order, counts):
+    for kind in KINDS:
+        found = counts.get(f"{order}-{kind}", collections.Counter())
+        steps = {name: count for name, count in found.items() if "step_on_data" in name}
+        # One training and one prediction function, each compiled once over
+        # its 50 steps (and 50 prediction batches, on new inputs).
+        assert len(steps) == 2, (kind, found)
+        assert set(steps.values()) == {1}, (kind, found)
