@@ -28,11 +28,13 @@ AutoTrackable = tf.__internal__.tracking.AutoTrackable
 __all__ = [
     "AutoTrackable",
     "Functional",
+    "MultiWorkerFit",
     "flatten_layers",
     "get_input_signature",
     "jvp_callbacks",
     "loss_tracker",
     "make_tf_tensor_spec",
+    "multi_worker_logs",
 ]
 
 
@@ -71,3 +73,55 @@ def jvp_callbacks() -> tuple[Callable, Callable] | None:
         return pywrap_tfe.TFE_Py_RegisterJVPFunction, forwardprop._jvp_dispatch
     except (ImportError, AttributeError):
         return None
+
+
+# --- fit under MultiWorkerMirroredStrategy (keras-team/keras#20585) ----------------
+# Keras 3's TensorFlow trainer fails twice there, for every model: the symbolic
+# build averages a distributed batch across workers only to read its shapes, and
+# the step logs are averaged over axis 0 as well as across workers, which a
+# scalar lacks. MultiWorkerFit and multi_worker_logs supply both for TLNODEModel;
+# tests/test_multi_worker.py keeps a plain keras.Model as a canary, expected to
+# fail until Keras fixes it, when these two go.
+
+
+def _in_multi_worker_mode(strategy: tf.distribute.Strategy) -> bool:
+    """The condition of Keras's multi-worker branch (`_collective_all_reduce_multi_worker`)."""
+    return isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy) and strategy.extended._in_multi_worker_mode()
+
+
+class MultiWorkerFit:
+    """Mixin for a `keras.Model`: its symbolic build reads a local batch under multi-worker training.
+
+    Keras's `fit` pulls one batch before the first step and, under a strategy,
+    `strategy.reduce`s it, whose multi-worker implementation cannot take a
+    nested batch. This worker's share of it has the same shapes and needs no
+    communication.
+    """
+
+    def _maybe_symbolic_build(self, iterator=None, data_batch=None):
+        strategy = self.distribute_strategy
+        if iterator is not None and _in_multi_worker_mode(strategy):
+            for _, _, batches in iterator:
+                data_batch = tf.nest.map_structure(
+                    lambda value: (
+                        strategy.experimental_local_results(value)[0]
+                        if isinstance(value, tf.distribute.DistributedValues)
+                        else value
+                    ),
+                    next(batches),
+                )
+                break
+            iterator = None
+        super()._maybe_symbolic_build(iterator=iterator, data_batch=data_batch)
+
+
+def multi_worker_logs(logs: dict) -> dict:
+    """A step's logs as Keras's multi-worker reduction needs them: shape (1,) each.
+
+    That reduction (`strategy.reduce("MEAN", value, axis=0)`) averages across
+    workers and over axis 0; on a one-element vector it is the cross-worker mean
+    of the scalar, which Keras then logs. Elsewhere the logs pass unchanged.
+    """
+    if not _in_multi_worker_mode(tf.distribute.get_strategy()):
+        return logs
+    return {name: tf.reshape(value, [1]) for name, value in logs.items()}

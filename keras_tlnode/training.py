@@ -14,7 +14,7 @@ from typing import NamedTuple
 import keras
 import tensorflow as tf
 
-from keras_tlnode.compat import Functional, loss_tracker
+from keras_tlnode.compat import Functional, MultiWorkerFit, loss_tracker, multi_worker_logs
 from keras_tlnode.layers import TaylorLagrangeODE, layers_of
 from keras_tlnode.recording import recorded_calls
 from keras_tlnode.rollout import rollout
@@ -37,7 +37,7 @@ DEFAULT_TEACHER_SAMPLES = 64
 
 
 @keras.saving.register_keras_serializable(package="keras_tlnode")
-class TLNODEModel(keras.Model):
+class TLNODEModel(MultiWorkerFit, keras.Model):
     """A `keras.Model` whose `fit` alternates the two TL-NODE training phases.
 
     Build it like any Keras model (functional, `TLNODEModel(inputs, outputs)`, or
@@ -182,7 +182,9 @@ class TLNODEModel(keras.Model):
         self._tl_metrics.nfe.update_state(float(sum(layer.nfe for layer in layers_of(self, TaylorLagrangeODE))))
         # Keras logs every metric in `metrics`; those of training alone would read as zeros.
         training_only = {metric.name for metric in self._tl_metrics.training_only}
-        return {name: value for name, value in self.get_metrics_result().items() if name not in training_only}
+        return multi_worker_logs(
+            {name: value for name, value in self.get_metrics_result().items() if name not in training_only}
+        )
 
     def train_step(self, data):
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
@@ -198,7 +200,7 @@ class TLNODEModel(keras.Model):
                 # A shared layer's correction is fitted on the inputs of all of its calls.
                 inputs = {layer: _all_calls(layer, calls.inputs[layer]) for layer in corrected}
                 self._correction_phase(corrected, inputs)
-        return self.compute_metrics(x, y, y_pred, sample_weight=sample_weight)
+        return multi_worker_logs(self.compute_metrics(x, y, y_pred, sample_weight=sample_weight))
 
     def _dynamics_step(self, x, y, sample_weight) -> tuple:
         """Phase 1: one step of the main optimizer on every trainable weight but the correction networks.

@@ -221,6 +221,7 @@ def parity_fit(strategy: tf.distribute.Strategy | None = None) -> dict:
         "weights": [w.tolist() for w in model.get_weights()],
         "correction_steps": int(model.correction_optimizer.iterations.numpy()),
         "loss": history["loss"],
+        "logs": {name: values for name, values in history.items() if name != "loss"},
     }
 
 
