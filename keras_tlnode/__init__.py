@@ -1,9 +1,9 @@
 """keras_tlnode: Taylor-Lagrange neural ODEs (TL-NODE) as Keras 3 layers.
 
 Public API: `taylor_coefficients`, `TaylorLagrangeODE`, `MidpointCorrection`,
-`TLNODEModel` and its teacher, `DormandPrinceTeacher`, `export_saved_model`
-for serving, and the baselines: `FixedStepODE` (Euler, Heun, RK4) and
-`DormandPrinceODE` (adaptive).
+`TLNODEModel` and its teacher, `DormandPrinceTeacher`, `BackupAndRestore`
+for fault-tolerant training, `export_saved_model` for serving, and the
+baselines: `FixedStepODE` (Euler, Heun, RK4) and `DormandPrinceODE` (adaptive).
 """
 
 import keras as _keras
@@ -15,6 +15,7 @@ if _keras.backend.backend() != "tensorflow":
     )
 
 from keras_tlnode.adaptive import DormandPrinceODE
+from keras_tlnode.backup import BackupAndRestore
 from keras_tlnode.correction import MidpointCorrection
 from keras_tlnode.export import export_saved_model
 from keras_tlnode.layers import FixedStepODE, TaylorLagrangeODE
@@ -23,6 +24,7 @@ from keras_tlnode.teacher import DormandPrinceTeacher
 from keras_tlnode.training import TLNODEModel
 
 __all__ = [
+    "BackupAndRestore",
     "DormandPrinceODE",
     "DormandPrinceTeacher",
     "FixedStepODE",

@@ -35,6 +35,7 @@ __all__ = [
     "loss_tracker",
     "make_tf_tensor_spec",
     "multi_worker_logs",
+    "set_initial_epoch",
 ]
 
 
@@ -73,6 +74,16 @@ def jvp_callbacks() -> tuple[Callable, Callable] | None:
         return pywrap_tfe.TFE_Py_RegisterJVPFunction, forwardprop._jvp_dispatch
     except (ImportError, AttributeError):
         return None
+
+
+def set_initial_epoch(model: keras.Model, epoch: int | None) -> None:
+    """Makes the `fit` whose callbacks are starting begin at `epoch` (None: at its `initial_epoch`).
+
+    `fit` reads the epoch to start at from the model after `on_train_begin`,
+    which is how Keras's own BackupAndRestore resumes; no public API sets it,
+    and Keras never clears it, so a later `fit` would start there too.
+    """
+    model._initial_epoch = epoch
 
 
 # --- fit under MultiWorkerMirroredStrategy (keras-team/keras#20585) ----------------

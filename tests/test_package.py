@@ -9,6 +9,7 @@ import keras_tlnode
 
 def test_public_api_is_exactly_the_documented_names():
     assert sorted(keras_tlnode.__all__) == [
+        "BackupAndRestore",
         "DormandPrinceODE",
         "DormandPrinceTeacher",
         "FixedStepODE",

@@ -21,6 +21,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import time
+from collections.abc import Callable
 
 import child_process
 import keras
@@ -146,7 +147,14 @@ def uninterrupted(tmp_path_factory) -> dict:
         callbacks.append(keras.callbacks.TensorBoard(log_dir=str(log_dir)))
     history = _fit(model, x, y, callbacks=callbacks)
     best = int(np.argmin(history.history["loss"]))
-    return {"model": model, "paths": paths, "best_weights": snapshots[best], "x": x, "log_dir": log_dir}
+    return {
+        "model": model,
+        "paths": paths,
+        "snapshots": snapshots,
+        "best_weights": snapshots[best],
+        "x": x,
+        "log_dir": log_dir,
+    }
 
 
 @pytest.fixture(scope="module")
@@ -452,6 +460,104 @@ def test_backup_and_restore_matches_an_uninterrupted_run(backup_runs, reference)
     assert final["iterations"] == reference["iterations"]
     assert final["correction_iterations"] == reference["correction_iterations"]
     _assert_weights_close(final["weights"], reference["weights"])
+
+
+# --- keras_tlnode.BackupAndRestore: mid-epoch resume ------------------------------------------------
+
+
+class _InterruptAtBatch(keras.callbacks.Callback):
+    """Raises after batch `batch` of epoch `epoch`; listed after the backup, which has saved that batch."""
+
+    def __init__(self, epoch: int, batch: int):
+        super().__init__()
+        self.epoch, self.batch, self.current = epoch, batch, -1
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.current = epoch
+
+    def on_train_batch_end(self, batch, logs=None):
+        if (self.current, batch) == (self.epoch, self.batch):
+            raise _Interrupted()
+
+
+def _interrupt_and_resume(backup_dir: str, fit: Callable[[keras.Model, list], keras.callbacks.History], **backup):
+    """`fit` interrupted in epoch 2 after its second batch, then resumed by a fresh model; what both leave."""
+    with pytest.raises(_Interrupted):
+        fit(_model(), [kt.BackupAndRestore(backup_dir, **backup), _InterruptAtBatch(2, 1)])
+    resumed = _model()
+    restored = _StateAtTrainBegin()
+    history = fit(resumed, [kt.BackupAndRestore(backup_dir, **backup), restored])
+    return {"restored": restored.state, "final": _state(resumed), "epochs_run": history.epoch}
+
+
+def test_our_backup_resumes_mid_epoch_like_the_uninterrupted_run(tmp_path, reference):
+    """Backed up after every batch: the resumed run skips epoch 2's first two batches and trains on the rest."""
+    x, y = _data()
+    run = _interrupt_and_resume(
+        str(tmp_path), lambda model, callbacks: _fit(model, x, y, callbacks=callbacks), save_freq=1
+    )
+    assert run["epochs_run"] == [2, 3]
+    assert run["restored"]["iterations"] == 2 * STEPS_PER_EPOCH + 2
+    assert run["final"]["iterations"] == reference["iterations"]
+    assert run["final"]["correction_iterations"] == reference["correction_iterations"]
+    _assert_weights_close(run["final"]["weights"], reference["weights"], atol=1e-7)
+    _assert_optimizer_state_equal(run["final"]["optimizer"], reference["optimizer"], "optimizer")
+    assert not tmp_path.exists()  # deleted when training ended normally
+
+
+def test_our_backup_resumes_a_stream_read_on_across_epochs(tmp_path, uninterrupted, reference):
+    """With `steps_per_epoch` on a repeated dataset, `fit` reads each epoch on from the last one's
+    iterator: epoch 2 of 3-batch epochs starts at batch 6 of the stream (batch 2 of the data), which a
+    resume from the end of epoch 1 (save_freq="epoch") has to skip. Four such epochs train on the
+    batches of the uninterrupted run's first three epochs, in the same order."""
+    x, y = _data()
+    stream = tf.data.Dataset.from_tensor_slices((x, y)).batch(BATCH).repeat()
+    run = _interrupt_and_resume(
+        str(tmp_path), lambda model, callbacks: _fit(model, stream, steps_per_epoch=3, callbacks=callbacks)
+    )
+    assert run["epochs_run"] == [2, 3]
+    assert run["restored"]["iterations"] == 2 * 3
+    assert run["final"]["iterations"] == 3 * STEPS_PER_EPOCH
+    _assert_weights_close(run["final"]["weights"], uninterrupted["snapshots"][2], atol=1e-7)
+
+
+def test_our_backup_survives_a_crash_while_saving(tmp_path, monkeypatch):
+    """The state file names a complete backup at every moment: a save that dies half-way leaves the last one."""
+    model = _model()
+    backup = kt.BackupAndRestore(str(tmp_path))
+    backup.set_model(model)
+    backup._save(1, 0, 0)
+    saved = model.get_weights()
+    model.set_weights([w + 1 for w in saved])
+
+    def crash(path, **kwargs):
+        with open(path, "w") as file:
+            file.write("half a weights file")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(model, "save_weights", crash)
+    with pytest.raises(KeyboardInterrupt):
+        backup._save(2, 0, 0)
+    fresh = _model(seed=1)
+    restore = kt.BackupAndRestore(str(tmp_path))
+    restore.set_model(fresh)
+    restore.on_train_begin()
+    _assert_weights_close(fresh.get_weights(), saved, atol=0)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "argument"),
+    [
+        ({"backup_dir": ""}, ValueError, "backup_dir"),
+        ({"save_freq": 0}, ValueError, "save_freq"),
+        ({"save_freq": "batch"}, TypeError, "save_freq"),
+        ({"save_freq": True}, TypeError, "save_freq"),
+        ({"delete_checkpoint": 1}, TypeError, "delete_checkpoint"),
+    ],
+)
+def test_our_backup_rejects_bad_arguments(tmp_path, kwargs, error, argument):
+    with pytest.raises(error, match=argument):
+        kt.BackupAndRestore(**{"backup_dir": str(tmp_path), **kwargs})
 
 
 # --- steps_per_execution and tf.data ----------------------------------------------------------------
