@@ -3,7 +3,8 @@
 Public API: `taylor_coefficients`, `TaylorLagrangeODE`, `MidpointCorrection`,
 `TLNODEModel` and its teacher, `DormandPrinceTeacher`, `BackupAndRestore`
 for fault-tolerant training, `export_saved_model` for serving, and the
-baselines: `FixedStepODE` (Euler, Heun, RK4) and `DormandPrinceODE` (adaptive).
+baselines: `FixedStepODE` (Euler, Heun, RK4) and `DormandPrinceODE` (adaptive);
+`ContinuousNormalizingFlow` for density estimation.
 """
 
 import keras as _keras
@@ -18,6 +19,7 @@ from keras_tlnode.adaptive import DormandPrinceODE
 from keras_tlnode.backup import BackupAndRestore
 from keras_tlnode.correction import MidpointCorrection
 from keras_tlnode.export import export_saved_model
+from keras_tlnode.flow import ContinuousNormalizingFlow
 from keras_tlnode.layers import FixedStepODE, TaylorLagrangeODE
 from keras_tlnode.taylor import taylor_coefficients
 from keras_tlnode.teacher import DormandPrinceTeacher
@@ -25,6 +27,7 @@ from keras_tlnode.training import TLNODEModel
 
 __all__ = [
     "BackupAndRestore",
+    "ContinuousNormalizingFlow",
     "DormandPrinceODE",
     "DormandPrinceTeacher",
     "FixedStepODE",

@@ -8,7 +8,7 @@ import keras
 import tensorflow as tf
 
 from keras_tlnode.schemes import per_state
-from keras_tlnode.validation import check_bool, check_choice, check_float, check_instance, check_int
+from keras_tlnode.validation import check_bool, check_choice, check_float, check_instance, check_int, check_optional_int
 
 MODES = ("vector", "matrix")
 
@@ -58,6 +58,10 @@ class MidpointCorrection(keras.layers.Layer):
             with `use_step_size=True`) and must return `(batch, n)` in vector
             mode or `(batch, n·n)` in matrix mode.
         use_step_size: also feed Δt to N_φ.
+        features: N_φ sees the first `features` components of the flattened
+            state only (default: all of them); for states that carry components
+            which do not drive the dynamics (a continuous normalizing flow's
+            log-density and probes).
         base_value: γ₀; `None` lets the owning `TaylorLagrangeODE` set 1/(p+2).
             In (0, 1) when `bounded`.
         bounded: keep each component of Γ in (0, 1) (vector mode only).
@@ -84,6 +88,7 @@ class MidpointCorrection(keras.layers.Layer):
         base_value: float | None = None,
         bounded: bool = False,
         trust: bool = True,
+        features: int | None = None,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -101,6 +106,7 @@ class MidpointCorrection(keras.layers.Layer):
         self.base_value = None
         if base_value is not None:
             self.base_value = _check_base_value(base_value, self.bounded)
+        self.features = check_optional_int(features, "features")
 
     def set_base_value(self, value: float) -> None:
         """Sets γ₀ (the owning `TaylorLagrangeODE` calls it with 1/(p+2)); before `build` only."""
@@ -108,12 +114,20 @@ class MidpointCorrection(keras.layers.Layer):
             raise RuntimeError("MidpointCorrection.base_value can only be set before the layer is built.")
         self.base_value = _check_base_value(value, self.bounded)
 
+    def set_features(self, features: int) -> None:
+        """Sets `features` (a `ContinuousNormalizingFlow` calls it with the data's dimension); before `build` only."""
+        if self.built:
+            raise RuntimeError("MidpointCorrection.features can only be set before the layer is built.")
+        self.features = check_int(features, "features")
+
     def build(self, input_shape: tuple) -> None:
         if self.built:  # Deserialisation builds the layer before a caller may build it again.
             return
         state_size = _flat_size(input_shape, self.mode)
         output_size = state_size * state_size if self.mode == "matrix" else state_size
-        features = state_size + int(self.use_step_size)
+        if self.features is not None and self.features > state_size:
+            raise ValueError(f"`features` must be at most the state's size {state_size}, got {self.features}.")
+        features = (state_size if self.features is None else self.features) + int(self.use_step_size)
         if self.network is None:
             self.network = _default_network(self.hidden_units, self.activation, output_size, self)
         if not self.network.built:
@@ -145,6 +159,8 @@ class MidpointCorrection(keras.layers.Layer):
             raise RuntimeError("MidpointCorrection must be built before it is called.")
         n = math.prod(x.shape[1:])
         features = tf.reshape(x, (-1, n))
+        if self.features is not None:
+            features = features[:, : self.features]
         if self.use_step_size:
             if step_size is None:
                 raise ValueError("MidpointCorrection(use_step_size=True) needs `step_size`.")
@@ -201,6 +217,7 @@ class MidpointCorrection(keras.layers.Layer):
             base_value=self.base_value,
             bounded=self.bounded,
             trust=self.trust,
+            features=self.features,
         )
         return config
 

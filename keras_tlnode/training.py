@@ -16,7 +16,7 @@ import tensorflow as tf
 
 from keras_tlnode.compat import Functional, MultiWorkerFit, loss_tracker, multi_worker_logs
 from keras_tlnode.layers import TaylorLagrangeODE, layers_of
-from keras_tlnode.recording import recorded_calls
+from keras_tlnode.recording import RecordedCalls, recorded_calls
 from keras_tlnode.rollout import rollout
 from keras_tlnode.teacher import DormandPrinceTeacher
 from keras_tlnode.validation import check_instance, check_int, check_optional_int
@@ -56,7 +56,7 @@ class TLNODEModel(MultiWorkerFit, keras.Model):
     `MidpointCorrection`) with the dynamics, on the model's own loss.
 
     Logged metrics, besides the compiled ones: `remainder` (the remainder penalty
-    in the loss), `nfe` (f-evaluations per forward pass of all TL layers),
+    in the loss), `nfe` (f-evaluations per forward pass: every call of a TL layer),
     `correction_loss` (the teacher gap before the updates) and `teacher_nfe`
     (both averaged over the correction steps of the epoch only; 0 before the
     first), `teacher_failures` (count), `trust` (mean over the corrections; 1
@@ -178,8 +178,9 @@ class TLNODEModel(MultiWorkerFit, keras.Model):
         return super().metrics + ([] if own is None else own.logged)
 
     def test_step(self, data):
-        super().test_step(data)  # the loss and the compiled metrics
-        self._tl_metrics.nfe.update_state(float(sum(layer.nfe for layer in layers_of(self, TaylorLagrangeODE))))
+        with recorded_calls() as calls:
+            super().test_step(data)  # the loss and the compiled metrics
+        self._tl_metrics.nfe.update_state(_nfe(calls))
         # Keras logs every metric in `metrics`; those of training alone would read as zeros.
         training_only = {metric.name for metric in self._tl_metrics.training_only}
         return multi_worker_logs(
@@ -233,7 +234,7 @@ class TLNODEModel(MultiWorkerFit, keras.Model):
         self._tl_metrics.remainder.update_state(
             tf.add_n([tf.zeros(())] + [tf.cast(p, tf.float32) for p in calls.penalties])
         )
-        self._tl_metrics.nfe.update_state(float(sum(layer.nfe for layer in ode_layers)))
+        self._tl_metrics.nfe.update_state(_nfe(calls))
         return y_pred, calls
 
     def _build_optimizers(self) -> None:
@@ -494,6 +495,11 @@ def _all_calls(layer: TaylorLagrangeODE, calls: list) -> tf.Tensor | list:
         xs.append(x)
         durations.append(tf.reshape(tf.cast(duration, x.dtype), (-1, 1)))
     return [tf.concat(xs, axis=0), tf.concat(durations, axis=0)]
+
+
+def _nfe(calls: RecordedCalls) -> float:
+    """f-evaluations of the forward pass: each call of a TL layer counts (a layer a model does not call does not)."""
+    return float(sum(layer.nfe * len(inputs) for layer, inputs in calls.inputs.items()))
 
 
 def _states(inputs: tf.Tensor | list) -> tf.Tensor:

@@ -109,6 +109,22 @@ def test_matrix_midpoint_formula_with_step_size_feature():
     np.testing.assert_allclose(fraction, gamma.sum(axis=2).mean(axis=1, keepdims=True), rtol=1e-5)
 
 
+def test_features_limit_what_the_network_sees_to_the_leading_components():
+    """A state whose trailing components do not drive the dynamics (a flow's log-density): Γ ignores them."""
+    correction = kt.MidpointCorrection(hidden_units=(4,), base_value=0.3, features=2)
+    correction.build((None, 3))
+    correction.network.layers[-1].kernel.assign(np.ones((4, 3), "float32"))
+    x = np.array([[0.1, -0.4, 0.0], [0.1, -0.4, 7.0]], "float32")
+    gamma = correction(tf.constant(x)).numpy()
+    np.testing.assert_array_equal(gamma[0], gamma[1])
+    assert not np.allclose(gamma[0], 0.3)
+    assert kt.MidpointCorrection.from_config(correction.get_config()).features == 2
+    with pytest.raises(RuntimeError, match="features"):
+        correction.set_features(1)
+    with pytest.raises(ValueError, match="features"):
+        kt.MidpointCorrection(base_value=0.3, features=4).build((None, 3))
+
+
 @pytest.mark.parametrize("mode,n_out", [("vector", 4), ("matrix", 3)])
 def test_network_of_wrong_size_is_rejected(mode, n_out):
     correction = kt.MidpointCorrection(mode=mode, network=keras.layers.Dense(n_out), base_value=0.3)
@@ -128,6 +144,7 @@ def test_network_of_wrong_size_is_rejected(mode, n_out):
         (dict(mode="matrix", bounded=True), ValueError, "bounded"),
         (dict(bounded="yes"), TypeError, "bounded"),
         (dict(trust=1), TypeError, "trust"),
+        (dict(features=0), ValueError, "features"),
     ],
 )
 def test_bad_arguments_name_the_argument(kwargs, error, argument):

@@ -10,6 +10,7 @@ import keras_tlnode
 def test_public_api_is_exactly_the_documented_names():
     assert sorted(keras_tlnode.__all__) == [
         "BackupAndRestore",
+        "ContinuousNormalizingFlow",
         "DormandPrinceODE",
         "DormandPrinceTeacher",
         "FixedStepODE",
