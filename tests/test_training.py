@@ -135,7 +135,7 @@ def test_nested_and_several_tl_layers_all_get_corrected():
     y = (x[:, :1] > 0).astype("float32")
 
     first = kt.TaylorLagrangeODE(keras.layers.Dense(4, activation="tanh"), correction=kt.MidpointCorrection())
-    second = kt.TaylorLagrangeODE(keras.layers.Dense(4), order=2, correction=kt.MidpointCorrection(mode="matrix"))
+    second = kt.TaylorLagrangeODE(keras.layers.Dense(4), correction=kt.MidpointCorrection(mode="matrix"))
     inner_inputs = keras.Input((4,))
     block = keras.Model(inner_inputs, second(inner_inputs), name="block")
     inputs = keras.Input((3,))

@@ -563,9 +563,10 @@ def test_our_backup_rejects_bad_arguments(tmp_path, kwargs, error, argument):
 # --- steps_per_execution and tf.data ----------------------------------------------------------------
 
 
-@pytest.mark.parametrize("steps_per_execution", [3, 4])
+@pytest.mark.parametrize("steps_per_execution", [3])
 def test_steps_per_execution_matches_one_step_per_execution(steps_per_execution, reference):
-    # 3 does not divide the 4 steps of an epoch, so the correction steps fall at varying positions.
+    # 3 does not divide the 4 steps of an epoch, so the correction steps fall at varying positions
+    # and an epoch ends inside an execution.
     model = _model(steps_per_execution=steps_per_execution)
     _fit(model, *_data())
     state = _state(model)
