@@ -6,6 +6,7 @@ what Keras's export cannot do for a TL-NODE:
 
 - a `"trajectory"` endpoint, the states of the model's fixed-step ODE layer
   (`TaylorLagrangeODE` or `FixedStepODE`) at t_initial + 0, Δt, ..., duration, next to the usual `"serve"` endpoint;
+- `"log_prob"` and `"sample"` endpoints for a `ContinuousNormalizingFlow`;
 - one trace of the model per endpoint, where `model.export` traces it three
   times (its cost grows like 2^order).
 """
@@ -19,11 +20,14 @@ import keras
 import tensorflow as tf
 
 from keras_tlnode.compat import AutoTrackable, get_input_signature, make_tf_tensor_spec
+from keras_tlnode.flow import ContinuousNormalizingFlow
 from keras_tlnode.layers import StepwiseODE, TaylorLagrangeODE, layers_of
 from keras_tlnode.validation import check_optional_int
 
 SERVE = "serve"
 TRAJECTORY = "trajectory"
+LOG_PROB = "log_prob"
+SAMPLE = "sample"
 
 
 def export_saved_model(
@@ -41,6 +45,9 @@ def export_saved_model(
     each also a signature of the same name:
 
     - `"serve"`, also the `"serving_default"` signature: `model(x, training=False)`.
+    - `"log_prob"` and `"sample"` for a `ContinuousNormalizingFlow`: `log_prob(x)`
+      (which `"serve"` returns too) and `sample(n, seed)`, `n` an int32 scalar
+      and `seed` two int32s (a stateless draw: the same seed, the same points).
     - `"trajectory"`, with `trajectory=True`: the states of the model's
       `TaylorLagrangeODE` (or `FixedStepODE`) at t_initial + 0, Δt, ..., duration, shape
       `(batch, num_steps + 1, *state_shape)`, integrated from the states that the
@@ -82,20 +89,21 @@ def export_saved_model(
     if chunk_size is not None:
         _check_chunks(signature)
 
-    callables = {SERVE: model}
+    endpoints = {SERVE: (_serving_function(model, chunk_size), signature)}
     if trajectory is not False:
-        callables[TRAJECTORY] = _trajectory_model(model, layers, trajectory)
+        endpoints[TRAJECTORY] = (_serving_function(_trajectory_model(model, layers, trajectory), chunk_size), signature)
+    if isinstance(model, ContinuousNormalizingFlow):
+        endpoints.update(_flow_endpoints(model, signature))
 
     root = AutoTrackable()
     root.variables = list(model.variables)
     root.trainable_variables = list(model.trainable_variables)
     root.non_trainable_variables = list(model.non_trainable_variables)
     signatures = {}
-    for name, resource in callables.items():
-        function = _serving_function(resource, chunk_size)
+    for name, (function, specs) in endpoints.items():
         # One trace per endpoint: saving concrete functions does not retrace,
         # while saving a tf.function retraces it in the save context.
-        concrete = tf.function(function, input_signature=signature, autograph=False).get_concrete_function()
+        concrete = tf.function(function, input_signature=specs, autograph=False).get_concrete_function()
         setattr(root, name, concrete)
         signatures[name] = concrete
     signatures["serving_default"] = signatures[SERVE]
@@ -103,7 +111,23 @@ def export_saved_model(
     # tracked themselves: TF Serving and other session-based loaders restore
     # only tracked variables, and `tf.saved_model.load` alone would not notice.
     root._captured_variables = _captured_variables(signatures.values())
-    tf.saved_model.save(root, os.fspath(filepath), signatures=signatures)
+    # Without the gradients of custom-gradient ops: serving needs none, and saving them
+    # fails for the package's ConcatV2 gradient inside a Taylor pass (jvp_rules.py),
+    # which TensorFlow's saver traces with the op's inputs in place of its gradients.
+    options = tf.saved_model.SaveOptions(experimental_custom_gradients=False)
+    tf.saved_model.save(root, os.fspath(filepath), signatures=signatures, options=options)
+
+
+def _flow_endpoints(flow: ContinuousNormalizingFlow, signature: list[tf.TensorSpec]) -> dict:
+    """A flow's `log_prob(x)` (which `serve` also returns) and `sample(n, seed)`, seed two int32s (stateless)."""
+
+    def sample(n: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
+        shape = tf.stack([n, flow.dimension])
+        base = tf.random.stateless_normal(shape, seed=seed, dtype=flow.compute_dtype)
+        return flow.reverse_flow(base, training=False)
+
+    sample_signature = [tf.TensorSpec([], tf.int32, name="n"), tf.TensorSpec([2], tf.int32, name="seed")]
+    return {LOG_PROB: (_serving_function(flow, None), signature), SAMPLE: (sample, sample_signature)}
 
 
 def _captured_variables(functions) -> list[tf.Variable]:

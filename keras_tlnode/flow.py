@@ -22,9 +22,12 @@ import math
 
 import keras
 import tensorflow as tf
+import tensorflow_probability as tfp
 
 from keras_tlnode.correction import MidpointCorrection
-from keras_tlnode.layers import TaylorLagrangeODE
+from keras_tlnode.layers import FixedStepODE, StepwiseODE, TaylorLagrangeODE
+from keras_tlnode.schemes import CLASSICAL
+from keras_tlnode.taylor import MAX_ORDER
 from keras_tlnode.training import TLNODEModel
 from keras_tlnode.validation import check_bool, check_choice, check_duration, check_instance, check_int
 
@@ -186,6 +189,9 @@ class ContinuousNormalizingFlow(TLNODEModel):
         trace: "exact" or "hutchinson" (the trace estimator in training).
         remainder_weight: λ >= 0, weight of the remainder penalty.
         seed: seed of Hutchinson's probes (`keras.random.SeedGenerator`).
+        method: "taylor_lagrange", or a classical scheme, "euler", "heun" or
+            "rk4" (a `FixedStepODE` of the augmented field, without correction:
+            the baselines of the same model).
         **kwargs: `keras.Model` arguments (e.g. `name`).
 
     Example:
@@ -215,9 +221,17 @@ class ContinuousNormalizingFlow(TLNODEModel):
         trace: str = "exact",
         remainder_weight: float = 0.0,
         seed: int | None = None,
+        method: str = "taylor_lagrange",
         **kwargs,
     ):
         super().__init__(**kwargs)
+        self.method = check_choice(method, "method", ("taylor_lagrange", *CLASSICAL))
+        if method != "taylor_lagrange" and (correction is not None or remainder_weight):
+            raise ValueError(
+                f"`correction` and `remainder_weight` apply to method='taylor_lagrange' only, not {method!r}."
+            )
+        self.order = check_int(order, "order", 0, MAX_ORDER)
+        self.remainder_weight = remainder_weight
         self.vector_field = check_instance(vector_field, "vector_field", keras.layers.Layer)
         self.duration = check_duration(duration, None)
         self.num_steps = check_int(num_steps, "num_steps")
@@ -226,7 +240,11 @@ class ContinuousNormalizingFlow(TLNODEModel):
         self.correction = check_instance(correction, "correction", MidpointCorrection, optional=True)
         probes = trace == "hutchinson"
 
-        def steps(field: keras.layers.Layer, **tl) -> TaylorLagrangeODE:
+        def steps(field: keras.layers.Layer, **tl) -> StepwiseODE:
+            if method != "taylor_lagrange":
+                return FixedStepODE(
+                    field, method=method, num_steps=self.num_steps, duration=self.duration, time_dependent=True
+                )
             return TaylorLagrangeODE(
                 field, order=order, num_steps=self.num_steps, duration=self.duration, time_dependent=True, **tl
             )
@@ -304,6 +322,19 @@ class ContinuousNormalizingFlow(TLNODEModel):
             raise ValueError("ContinuousNormalizingFlow.sample needs a built model: fit it, or call it on data, first.")
         return self.decode(keras.random.normal((n, self.dimension), dtype=self.compute_dtype, seed=seed))
 
+    def bijector(self) -> tfp.bijectors.Bijector:
+        """This flow as a `tfp.bijectors.Bijector`: forward maps base to data (`decode`), inverse data to base.
+
+        With a standard normal base,
+        `tfp.distributions.TransformedDistribution(tfp.distributions.MultivariateNormalDiag(tf.zeros(d)), flow.bijector())`
+        has this flow's `log_prob` and composes with the rest of tfp.
+        """
+        if self.dimension is None:
+            raise ValueError(
+                "ContinuousNormalizingFlow.bijector needs a built model: fit it, or call it on data, first."
+            )
+        return FlowBijector(self)
+
     def _data(self, x) -> tf.Tensor:
         x = tf.convert_to_tensor(x)
         if not x.dtype.is_floating or x.shape.rank != 2:
@@ -333,11 +364,12 @@ class ContinuousNormalizingFlow(TLNODEModel):
             "vector_field": keras.saving.serialize_keras_object(self.vector_field),
             "duration": self.duration,
             "num_steps": self.num_steps,
-            "order": self.flow.order,
+            "order": self.order,
             "correction": keras.saving.serialize_keras_object(self.correction),
             "trace": self.trace,
-            "remainder_weight": self.flow.remainder_weight,
+            "remainder_weight": self.remainder_weight,
             "seed": self.seed,
+            "method": self.method,
         }
 
     @classmethod
@@ -346,6 +378,23 @@ class ContinuousNormalizingFlow(TLNODEModel):
         for key in ("vector_field", "correction"):
             config[key] = keras.saving.deserialize_keras_object(config[key])
         return cls(**config)
+
+
+class FlowBijector(tfp.bijectors.Bijector):
+    """`ContinuousNormalizingFlow.bijector()`: forward is `decode`, inverse `encode`, log|det| its integral of the trace."""
+
+    def __init__(self, flow: ContinuousNormalizingFlow):
+        self.flow = flow
+        super().__init__(forward_min_event_ndims=1, validate_args=False, name=f"{flow.name}_bijector")
+
+    def _forward(self, z: tf.Tensor) -> tf.Tensor:
+        return self.flow.decode(z)
+
+    def _inverse(self, x: tf.Tensor) -> tf.Tensor:
+        return self.flow.encode(x)[0]
+
+    def _inverse_log_det_jacobian(self, x: tf.Tensor) -> tf.Tensor:
+        return self.flow.encode(x)[1]
 
 
 def standard_normal_log_density(z: tf.Tensor) -> tf.Tensor:

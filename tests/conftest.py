@@ -13,3 +13,30 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 if "PYTEST_XDIST_WORKER" in os.environ:
     os.environ.setdefault("TF_NUM_INTRAOP_THREADS", "1")
     os.environ.setdefault("TF_NUM_INTEROP_THREADS", "1")
+
+
+# The modules that take longest, and those whose fixtures start child processes
+# (which then work beside the rest), run first: pytest-xdist hands whole files
+# to the workers in collection order, and a long file started last keeps one
+# worker busy while the other idles.
+FIRST = (
+    "test_xla_compilations.py",
+    "test_export.py",
+    "test_multi_worker.py",
+    "test_training.py",
+    "test_example_systems_suite.py",
+    "test_example_benchmark.py",
+    "test_correction_earns_its_cost.py",
+    "test_example_van_der_pol.py",
+    "test_example_classification.py",
+    "test_example_stiff.py",
+    "test_flow.py",
+)
+
+
+def pytest_collection_modifyitems(items):
+    def rank(item) -> int:
+        name = item.path.name
+        return FIRST.index(name) if name in FIRST else len(FIRST)
+
+    items.sort(key=rank)  # stable: the order inside a module and among the rest stays

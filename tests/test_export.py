@@ -118,6 +118,28 @@ def subclassed_tlnode():
     return model
 
 
+class TimeField(keras.layers.Layer):
+    """f(z, t) = tanh(W [z, t]): a flow's field."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.dense = keras.layers.Dense(STATE, activation="tanh")
+
+    def build(self, input_shape):
+        self.dense.build((None, STATE + 1))
+
+    def call(self, inputs):
+        z, t = inputs
+        return self.dense(tf.concat([z, t], axis=-1))
+
+
+def flow():
+    """A continuous normalizing flow with a correction; its "serve" and "log_prob" endpoints give log p(x)."""
+    model = kt.ContinuousNormalizingFlow(TimeField(), num_steps=2, correction=kt.MidpointCorrection(hidden_units=(4,)))
+    model(np.zeros((2, STATE), "float32"))
+    return model
+
+
 # name -> (builder, how it is exported). Orders 1-3 x vector/matrix corrections
 # x trajectory off/on, as a covering array: each order meets each correction mode
 # and each trajectory setting, and each mode meets each setting (all 12
@@ -149,6 +171,7 @@ CASES = {
     "helper_encoder_trajectory": (encoder_ode_decoder, "helper"),
     "helper_sequential_trajectory": (lambda: sequential(ode(2, "matrix")), "helper"),
     "helper_subclassed": (subclassed_tlnode, "helper-serve"),
+    "helper_flow": (flow, "flow"),
 }
 
 
@@ -212,11 +235,13 @@ def exported_and_served(tmp_path_factory):
             else:
                 kt.export_saved_model(model, path, trajectory=how == "helper")
             inputs = {key: rng.uniform(-1, 1, (size, STATE)).astype("float32") for key, size in BATCHES.items()}
-            endpoints = ["serve", "trajectory"] if how == "helper" else ["serve"]
+            endpoints = {"helper": ["serve", "trajectory"], "flow": ["log_prob", "serve"]}.get(how, ["serve"])
             server.send(name, path, endpoints, inputs)  # served there while the outputs are computed here
             expected = {"serve": predict(model, inputs)}
             if how == "helper":
                 expected["trajectory"] = {key: trajectory_reference(model, x) for key, x in inputs.items()}
+            if how == "flow":
+                expected["log_prob"] = expected["serve"]
             assert sorted(expected) == endpoints
             cases[name] = {"model": model, "path": path, "inputs": inputs, "expected": expected}
         outcome = server.finish()
@@ -263,8 +288,8 @@ SERVER = textwrap.dedent(
         served = tf.saved_model.load(case["path"])
         out = report["cases"][name] = {"signatures": {}, "outputs": {}}
         for key in served.signatures:
-            (arg,) = served.signatures[key].structured_input_signature[1].values()
-            out["signatures"][key] = [arg.shape.as_list(), arg.dtype.name]
+            args = [[a.shape.as_list(), a.dtype.name] for a in served.signatures[key].structured_input_signature[1].values()]
+            out["signatures"][key] = args[0] if len(args) == 1 else args  # a flow's `sample` takes (n, seed)
         inputs = {batch: np.asarray(x, np.float32) for batch, x in case["inputs"].items()}
         # "serve" is also TF Serving's default signature, "serving_default".
         keys = {endpoint: "serving_default" if endpoint == "serve" else endpoint for endpoint in case["endpoints"]}
@@ -368,6 +393,9 @@ def test_keras_export_names_the_endpoints_as_tf_serving_expects(served):
     helper = served["cases"]["helper_encoder_trajectory"]
     assert set(helper["signatures"]) == {"serve", "serving_default", "trajectory"}
     assert helper["signatures"]["trajectory"] == [[None, STATE], "float32"]
+    flow = served["cases"]["helper_flow"]["signatures"]
+    assert set(flow) == {"serve", "serving_default", "log_prob", "sample"}
+    assert flow["sample"] == [[[], "int32"], [[2], "int32"]]
 
 
 def test_trajectory_endpoint_has_every_state(exported):

@@ -90,6 +90,17 @@ def test_linear_field_log_prob_and_base_points_match_the_matrix_exponential(orde
     np.testing.assert_allclose(flow.log_prob(x), _log_normal(exact) + np.trace(A), atol=3 * tolerance)
 
 
+def test_rk4_baseline_integrates_the_same_augmented_system():
+    """method="rk4": 8 RK4 steps of the augmented field, local error |ΔtA|⁵/5! as order 3's."""
+    flow = kt.ContinuousNormalizingFlow(LinearField(A), method="rk4")
+    x = _points(16, -1.5, 1.5)
+    exact = x.astype("float64") @ _expm(A).T
+    np.testing.assert_allclose(flow.log_prob(x), _log_normal(exact) + np.trace(A), atol=6e-5)
+    assert flow.flow.nfe == 32
+    with pytest.raises(ValueError, match="correction"):
+        kt.ContinuousNormalizingFlow(LinearField(A), method="rk4", correction=kt.MidpointCorrection())
+
+
 def test_quadratic_field_log_prob_matches_its_closed_form():
     """dz/dt = z²: z(T) = x/(1 - Tx), ∫ tr = -2 Σ log|1 - T xᵢ|; 16 steps of order 3."""
     flow = kt.ContinuousNormalizingFlow(SquareField(), order=3, num_steps=16)
@@ -221,3 +232,30 @@ def test_hutchinson_training_evaluates_with_the_exact_trace():
     assert not np.allclose(training[0], training[1])
     np.testing.assert_array_equal(flow.log_prob(x[:8]), flow.log_prob(x[:8]))
     np.testing.assert_allclose(np.mean(training), np.mean(flow.log_prob(x[:8])), atol=0.5)
+
+
+def test_export_serves_log_prob_and_a_seeded_sample(trained, tmp_path):
+    """The SavedModel's endpoints against the model (served without Keras: tests/test_export.py, "helper_flow")."""
+    flow, _ = trained
+    kt.export_saved_model(flow, str(tmp_path / "flow"))
+    served = tf.saved_model.load(str(tmp_path / "flow"))
+    x = _two_blobs(16, seed=2)
+    np.testing.assert_allclose(served.log_prob(tf.constant(x)), flow.log_prob(x), atol=1e-5)
+    np.testing.assert_allclose(served.serve(tf.constant(x)), flow.log_prob(x), atol=1e-5)
+    seed = tf.constant([4, 2], tf.int32)
+    points = served.sample(tf.constant(5), seed)
+    base = tf.random.stateless_normal((5, 2), seed=seed)
+    np.testing.assert_allclose(points, flow.decode(base), atol=1e-5)
+    np.testing.assert_array_equal(points, served.sample(tf.constant(5), seed))
+
+
+def test_bijector_view_composes_with_a_tfp_transformed_distribution(trained):
+    import tensorflow_probability as tfp
+
+    flow, _ = trained
+    distribution = tfp.distributions.TransformedDistribution(
+        tfp.distributions.MultivariateNormalDiag(tf.zeros(2)), flow.bijector()
+    )
+    x = _two_blobs(8, seed=3)
+    np.testing.assert_allclose(distribution.log_prob(x), flow.log_prob(x), atol=1e-5)
+    assert distribution.sample(4, seed=1).shape == (4, 2)
