@@ -131,14 +131,6 @@ def test_rollout_at_two_steps_per_interval_is_read_at_the_observation_times(suit
     assert relative == pytest.approx(np.mean(error / scale), rel=1e-3, abs=1e-7)
 
 
-def test_a_run_trains_exactly_its_steps(suite):
-    system = suite.known.systems()["pendulum"]
-    data = suite.make_data(system, 512, 0)
-    trained = suite.train(system, "tl_node@1", data, {"steps": 30}, 0, "pendulum")
-    assert int(trained.model.optimizer.iterations) == 30
-    assert trained.log.steps[-1] == 30
-
-
 @pytest.mark.parametrize("key", ["uncorrected@2", "euler@1", "heun@2", "dopri_1e-3"])
 def test_the_other_methods_build_and_step(suite, key):
     """The kinds of run `test_every_method_runs_and_reports` leaves out (it trains 5 of the 12), built as the
@@ -168,6 +160,7 @@ def test_every_method_runs_and_reports(suite, tmp_path):
         (result,) = results
         assert result["train_s"] > 0 and math.isfinite(result["one_step"]), key
         assert len(result["curve"]["seconds"]) == len(result["curve"]["one_step"]) >= 2
+        assert result["curve"]["steps"][-1] == 20, key  # a run trains exactly its steps
         assert result["own_flow"] >= 0.0 and result["rk4_own_flow"] >= 0.0
     # The reference reaches its own accuracy at its last point at the latest.
     assert entry["runs"]["dopri"][0]["to_accuracy_s"] is not None

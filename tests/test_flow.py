@@ -198,7 +198,7 @@ def trained() -> kt.ContinuousNormalizingFlow:
     flow = kt.ContinuousNormalizingFlow(MLPField(), correction=kt.MidpointCorrection(hidden_units=(16,)))
     flow.compile(optimizer=keras.optimizers.Adam(1e-2), correction_every=5)
     x = _two_blobs(512)
-    history = flow.fit(x, batch_size=128, epochs=15, verbose=0)
+    history = flow.fit(x, batch_size=128, epochs=10, verbose=0)
     return flow, history.history
 
 
@@ -225,7 +225,7 @@ def test_hutchinson_training_evaluates_with_the_exact_trace():
     flow = kt.ContinuousNormalizingFlow(MLPField(), trace="hutchinson", correction=kt.MidpointCorrection(), seed=3)
     flow.compile(optimizer="adam", correction_every=2)
     x = _two_blobs(64)
-    history = flow.fit(x, batch_size=32, epochs=2, verbose=0).history
+    history = flow.fit(x, batch_size=32, epochs=1, verbose=0).history
     assert np.isfinite(history["correction_loss"][-1])
     # Training draws new probes per call; evaluation takes the exact trace, the same on every call.
     training = [flow(x[:8], training=True).numpy() for _ in range(2)]
