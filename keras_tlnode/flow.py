@@ -35,8 +35,28 @@ TRACES = ("exact", "hutchinson")
 DEFAULT_NUM_STEPS = 8  # the authors' tabular FFJORD experiment: 8 steps of order 1
 
 
+class FieldWrapper(keras.layers.Layer):
+    """A layer around the flow's vector field: its outputs are shaped like the states; the field saves with it."""
+
+    def __init__(self, vector_field: keras.layers.Layer, **kwargs):
+        super().__init__(**kwargs)
+        self.vector_field = check_instance(vector_field, "vector_field", keras.layers.Layer)
+
+    def compute_output_shape(self, input_shape: list) -> tuple:
+        return tuple(input_shape[0])
+
+    def get_config(self) -> dict:
+        return {**super().get_config(), "vector_field": keras.saving.serialize_keras_object(self.vector_field)}
+
+    @classmethod
+    def from_config(cls, config: dict) -> FieldWrapper:
+        config = dict(config)
+        config["vector_field"] = keras.saving.deserialize_keras_object(config["vector_field"])
+        return cls(**config)
+
+
 @keras.saving.register_keras_serializable(package="keras_tlnode")
-class AugmentedField(keras.layers.Layer):
+class AugmentedField(FieldWrapper):
     """d/dt [z, Δ, ε] = [f(z, t), tr(∂f/∂z), 0]: a CNF's vector field on its augmented state.
 
     Called as `AugmentedField(...)([state, t])` with `state` of shape
@@ -51,8 +71,7 @@ class AugmentedField(keras.layers.Layer):
     """
 
     def __init__(self, vector_field: keras.layers.Layer, trace: str = "exact", probes: bool = False, **kwargs):
-        super().__init__(**kwargs)
-        self.vector_field = check_instance(vector_field, "vector_field", keras.layers.Layer)
+        super().__init__(vector_field, **kwargs)
         self.trace = check_choice(trace, "trace", TRACES)
         self.probes = check_bool(probes, "probes")
         if trace == "hutchinson" and not probes:
@@ -97,52 +116,27 @@ class AugmentedField(keras.layers.Layer):
         diagonal = tf.reshape(tf.reduce_sum(jvp * tf.cast(basis, jvp.dtype), axis=-1), tf.stack([batch, d]))
         return tf.reshape(f, tf.stack([batch, d, d]))[:, 0, :], tf.reduce_sum(diagonal, axis=-1, keepdims=True)
 
-    def compute_output_shape(self, input_shape: list) -> tuple:
-        return tuple(input_shape[0])
-
     def get_config(self) -> dict:
-        config = super().get_config()
-        config.update(
-            vector_field=keras.saving.serialize_keras_object(self.vector_field), trace=self.trace, probes=self.probes
-        )
-        return config
-
-    @classmethod
-    def from_config(cls, config: dict) -> AugmentedField:
-        config = dict(config)
-        config["vector_field"] = keras.saving.deserialize_keras_object(config["vector_field"])
-        return cls(**config)
+        return {**super().get_config(), "trace": self.trace, "probes": self.probes}
 
 
 @keras.saving.register_keras_serializable(package="keras_tlnode")
-class ReversedField(keras.layers.Layer):
+class ReversedField(FieldWrapper):
     """s ↦ -f(z, T - s): the field that carries base points back to data space over s in [0, T].
 
     Internal to `ContinuousNormalizingFlow.sample`; registered so that it saves.
     """
 
     def __init__(self, vector_field: keras.layers.Layer, duration: float, **kwargs):
-        super().__init__(**kwargs)
-        self.vector_field = check_instance(vector_field, "vector_field", keras.layers.Layer)
+        super().__init__(vector_field, **kwargs)
         self.duration = float(duration)
 
     def call(self, inputs: list) -> tf.Tensor:
         z, s = inputs
         return -self.vector_field([z, self.duration - s])
 
-    def compute_output_shape(self, input_shape: list) -> tuple:
-        return tuple(input_shape[0])
-
     def get_config(self) -> dict:
-        config = super().get_config()
-        config.update(vector_field=keras.saving.serialize_keras_object(self.vector_field), duration=self.duration)
-        return config
-
-    @classmethod
-    def from_config(cls, config: dict) -> ReversedField:
-        config = dict(config)
-        config["vector_field"] = keras.saving.deserialize_keras_object(config["vector_field"])
-        return cls(**config)
+        return {**super().get_config(), "duration": self.duration}
 
 
 @keras.saving.register_keras_serializable(package="keras_tlnode")

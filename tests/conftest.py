@@ -16,21 +16,32 @@ if "PYTEST_XDIST_WORKER" in os.environ:
 
 
 # The modules that take longest, and those whose fixtures start child processes
-# (which then work beside the rest), run first: pytest-xdist hands whole files
-# to the workers in collection order, and a long file started last keeps one
-# worker busy while the other idles.
+# (which then work beside the rest), run first, longest first: pytest-xdist
+# hands whole files to the workers in collection order, and a long file
+# started last keeps one worker busy while the other idles.
 FIRST = (
     "test_xla_compilations.py",
     "test_export.py",
     "test_multi_worker.py",
     "test_training.py",
+    "test_training_callbacks.py",
     "test_example_systems_suite.py",
     "test_example_benchmark.py",
     "test_correction_earns_its_cost.py",
+    "test_training_contract.py",
     "test_example_van_der_pol.py",
     "test_example_classification.py",
     "test_example_stiff.py",
     "test_flow.py",
+    "test_compat.py",
+    "test_example_correction_limits.py",
+    "test_example_irregular_series.py",
+    "test_example_quickstart.py",
+    "test_layers.py",
+    "test_taylor.py",
+    "test_spans.py",
+    "test_adaptive.py",
+    "test_package.py",
 )
 
 

@@ -101,6 +101,17 @@ def test_rk4_baseline_integrates_the_same_augmented_system():
         kt.ContinuousNormalizingFlow(LinearField(A), method="rk4", correction=kt.MidpointCorrection())
 
 
+def test_saved_and_reloaded_flow_gives_the_same_log_prob(tmp_path):
+    flow = kt.ContinuousNormalizingFlow(LinearField(A), trace="hutchinson", correction=kt.MidpointCorrection())
+    x = _points(8, -1, 1)
+    expected = flow.log_prob(x)
+    flow.save(tmp_path / "flow.keras")
+    reloaded = keras.saving.load_model(tmp_path / "flow.keras")
+    assert isinstance(reloaded, kt.ContinuousNormalizingFlow) and reloaded.trace == "hutchinson"
+    assert reloaded.correction.features == 2
+    np.testing.assert_allclose(reloaded.log_prob(x), expected, atol=1e-6)
+
+
 def test_quadratic_field_log_prob_matches_its_closed_form():
     """dz/dt = z²: z(T) = x/(1 - Tx), ∫ tr = -2 Σ log|1 - T xᵢ|; 16 steps of order 3."""
     flow = kt.ContinuousNormalizingFlow(SquareField(), order=3, num_steps=16)

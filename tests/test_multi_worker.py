@@ -9,12 +9,12 @@ keras-team/keras#20585 (compat.py).
 from __future__ import annotations
 
 import json
-import socket
 import textwrap
 
 import child_process
 import numpy as np
 import pytest
+from example_loader import load_example
 from test_training import parity_fit
 
 WORKER_SCRIPT = textwrap.dedent(
@@ -46,20 +46,10 @@ WORKERS = 2
 TIMEOUT = 300
 
 
-def _free_ports(count: int) -> list[int]:
-    sockets = [socket.socket() for _ in range(count)]
-    for s in sockets:
-        s.bind(("localhost", 0))
-    ports = [s.getsockname()[1] for s in sockets]
-    for s in sockets:
-        s.close()
-    return ports
-
-
 @pytest.fixture(scope="module")
 def workers(request, tmp_path_factory) -> list[dict]:
     """Each worker's result, in task order."""
-    ports = ",".join(str(port) for port in _free_ports(WORKERS))
+    ports = ",".join(str(port) for port in load_example("multi_worker").free_ports(WORKERS))
     children = [
         child_process.Child(tmp_path_factory.mktemp(f"worker{index}"), WORKER_SCRIPT, str(index), ports)
         for index in range(WORKERS)
