@@ -148,7 +148,7 @@ class TLNODEModel(MultiWorkerFit, keras.Model):
 
     def get_compile_config(self) -> dict | None:
         config = super().get_compile_config()
-        if config is not None:
+        if config:  # Keras gives {} for a model that was never compiled
             config.update(
                 correction_optimizer=keras.saving.serialize_keras_object(self.correction_optimizer),
                 correction_every=self.correction_every,
