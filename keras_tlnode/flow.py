@@ -29,7 +29,14 @@ from keras_tlnode.layers import FixedStepODE, StepwiseODE, TaylorLagrangeODE
 from keras_tlnode.schemes import CLASSICAL
 from keras_tlnode.taylor import MAX_ORDER
 from keras_tlnode.training import TLNODEModel
-from keras_tlnode.validation import check_bool, check_choice, check_duration, check_instance, check_int
+from keras_tlnode.validation import (
+    check_bool,
+    check_choice,
+    check_duration,
+    check_instance,
+    check_int,
+    check_optional_int,
+)
 
 TRACES = ("exact", "hutchinson")
 DEFAULT_NUM_STEPS = 8  # the authors' tabular FFJORD experiment: 8 steps of order 1
@@ -230,7 +237,7 @@ class ContinuousNormalizingFlow(TLNODEModel):
         self.duration = check_duration(duration, None)
         self.num_steps = check_int(num_steps, "num_steps")
         self.trace = check_choice(trace, "trace", TRACES)
-        self.seed = seed
+        self.seed = check_optional_int(seed, "seed", minimum=0)
         self.correction = check_instance(correction, "correction", MidpointCorrection, optional=True)
         probes = trace == "hutchinson"
 
@@ -331,10 +338,10 @@ class ContinuousNormalizingFlow(TLNODEModel):
 
     def _data(self, x) -> tf.Tensor:
         x = tf.convert_to_tensor(x)
-        if not x.dtype.is_floating or x.shape.rank != 2:
-            raise ValueError(
-                f"ContinuousNormalizingFlow takes floating data of shape (batch, d), got {x.dtype.name} {x.shape}."
-            )
+        if not x.dtype.is_floating:
+            raise TypeError(f"ContinuousNormalizingFlow takes floating data, got dtype {x.dtype.name}.")
+        if x.shape.rank != 2:
+            raise ValueError(f"ContinuousNormalizingFlow takes data of shape (batch, d), got shape {x.shape}.")
         return tf.cast(x, self.compute_dtype)
 
     # --- training ------------------------------------------------------------------------

@@ -270,3 +270,27 @@ def test_bijector_view_composes_with_a_tfp_transformed_distribution(trained):
     x = _two_blobs(8, seed=3)
     np.testing.assert_allclose(distribution.log_prob(x), flow.log_prob(x), atol=1e-5)
     assert distribution.sample(4, seed=1).shape == (4, 2)
+
+
+@pytest.mark.parametrize(
+    ("call", "error", "match"),
+    [
+        (lambda: kt.ContinuousNormalizingFlow(SquareField(), trace="probes"), ValueError, "trace"),
+        (lambda: kt.ContinuousNormalizingFlow(SquareField(), seed="one"), TypeError, "seed"),
+        (lambda: kt.ContinuousNormalizingFlow(SquareField(), num_steps=0), ValueError, "num_steps"),
+        (
+            lambda: kt.ContinuousNormalizingFlow(SquareField()).log_prob(np.zeros((2, 2), "int32")),
+            TypeError,
+            "floating",
+        ),
+        (
+            lambda: kt.ContinuousNormalizingFlow(SquareField()).log_prob(np.zeros((2, 2, 2), "float32")),
+            ValueError,
+            "shape",
+        ),
+        (lambda: kt.ContinuousNormalizingFlow(SquareField()).sample(3), ValueError, "built"),
+    ],
+)
+def test_bad_arguments_and_data_are_named(call, error, match):
+    with pytest.raises(error, match=match):
+        call()
