@@ -9,6 +9,7 @@ current f_θ from the same states.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import NamedTuple
 
 import keras
@@ -286,10 +287,19 @@ class TLNODEModel(MultiWorkerFit, keras.Model):
         apply = solved
         first_loss = None
         # Traced once and called once per update: each trace of the Taylor-Lagrange
-        # step and its gradient costs about as much as the rest of the phase.
+        # step and its gradient costs about as much as the rest of the phase, and
+        # each trace of the optimizer's update about a quarter of it.
         correction_gradients = tf.function(
             lambda targets: self._correction_gradients(problems, targets, variables), autograph=False
         )
+
+        def correction_update(gradients: list) -> None:
+            self._correction_step(gradients, variables)
+
+        if not tf.distribute.has_strategy():
+            # A distribution strategy lifts a function called per replica out of the
+            # conditional branch that calls it, with captures from the first branch only.
+            correction_update = tf.function(correction_update, autograph=False)
         for _ in range(self.correction_steps):
             loss, gradients = tf.cond(
                 apply,
@@ -300,7 +310,7 @@ class TLNODEModel(MultiWorkerFit, keras.Model):
             bad = context.all_reduce(tf.distribute.ReduceOp.SUM, tf.cast(tf.logical_not(finite), tf.float32))
             apply = tf.logical_and(apply, tf.equal(bad, 0.0))
             gradients = [tf.where(apply, g, tf.zeros_like(g)) for g in gradients]
-            context.merge_call(self._apply_corrections, args=(apply, gradients, variables))
+            context.merge_call(self._apply_corrections, args=(apply, gradients, correction_update))
             # The loss before any update: what the teacher found at this step.
             first_loss = loss if first_loss is None else first_loss
 
@@ -322,17 +332,23 @@ class TLNODEModel(MultiWorkerFit, keras.Model):
         return loss, tape.gradient(scaled, variables)
 
     def _apply_corrections(
-        self, strategy: tf.distribute.Strategy, apply: tf.Tensor, gradients: list, variables: list[tf.Variable]
+        self,
+        strategy: tf.distribute.Strategy,
+        apply: tf.Tensor,
+        gradients: list,
+        update: Callable[[list], None],
     ) -> None:
-        """Cross-replica: one correction-optimizer step if `apply`, else nothing.
+        """Cross-replica: one correction-optimizer step (`update`) if `apply`, else nothing.
 
         As in Keras's LossScaleOptimizer, the `tf.cond` sits in cross-replica
         context and its branch goes back to each replica to apply the gradients.
         """
         flag = strategy.experimental_local_results(apply)[0]
+        # Each replica passes its own copy of the same update; one serves all of them.
+        update = strategy.experimental_local_results(update)[0]
 
         def step() -> None:
-            strategy.extended.call_for_each_replica(self._correction_step, args=(gradients, variables))
+            strategy.extended.call_for_each_replica(update, args=(gradients,))
 
         tf.cond(flag, step, lambda: None)
 
