@@ -42,10 +42,10 @@ def test_stiff_main_writes_json_and_plots(stiff, tmp_path, capsys):
         "20",
         "--repeats",
         "2",
-        # Three methods: the plumbing is shared, and every method's layer is checked in the package's tests.
+        # TL-NODE and its reference: the plumbing is shared by every method, and every method's layer is
+        # checked in the package's tests (Euler's in the systems suite's).
         "--methods",
         "tl_node",
-        "euler",
         "dopri",
         "--json",
         str(path),
@@ -59,7 +59,7 @@ def test_stiff_main_writes_json_and_plots(stiff, tmp_path, capsys):
     assert report["config"]["trajectories"] == 2
     assert report["config"]["total_steps"] == 4  # 40 pairs in batches of 20, 2 epochs
     methods = report["methods"]
-    assert list(methods) == ["tl_node", "euler", "dopri"]
+    assert list(methods) == ["tl_node", "dopri"]
     for name, result in methods.items():
         for key in (
             "train_seconds",
@@ -74,7 +74,7 @@ def test_stiff_main_writes_json_and_plots(stiff, tmp_path, capsys):
         # The test-error curve starts before the first step and ends at the last one.
         assert result["curve"]["steps"][0] == 0 and result["curve"]["steps"][-1] == 4, name
         assert result["curve"]["one_step_mse"][-1] == result["one_step_mse"]
-    assert [methods[m]["nfe"] for m in ("tl_node", "euler")] == [3, 1]
+    assert methods["tl_node"]["nfe"] == 3
     assert methods["dopri"]["nfe"] >= 6  # at least one DormandPrince step
     assert methods["tl_node"]["teacher_failures"] == 0
     assert 0.0 <= methods["tl_node"]["trust"] <= 1.0
@@ -86,7 +86,7 @@ def test_stiff_main_writes_json_and_plots(stiff, tmp_path, capsys):
         assert (tmp_path / "plots" / name).read_bytes()[:4] == b"\x89PNG"
 
     out = capsys.readouterr().out
-    assert "one-step MSE" in out and "Euler" in out and "DormandPrince" in out
+    assert "one-step MSE" in out and "TL-NODE" in out and "DormandPrince" in out
 
 
 def test_field_error_is_zero_for_the_true_field(stiff):
