@@ -67,3 +67,41 @@ def test_time_to_accuracy_is_the_first_time_the_curve_reaches_the_target(example
     curve = {"seconds": [0.0, 1.0, 2.0, 3.0], "test_nll": [3.0, 2.0, 1.5, 1.6]}
     assert example.time_to(curve, 1.55) == 2.0
     assert example.time_to(curve, 1.0) is None
+
+
+def run_result(nll: float, tight: float, reaches_at: float) -> dict:
+    """One method's result whose curve reaches `nll` at `reaches_at` seconds."""
+    curve = {"seconds": [0.0, reaches_at, 2 * reaches_at], "test_nll": [9.0, nll, nll]}
+    return {
+        "test_nll": nll,
+        "test_nll_per_dimension": nll,
+        "tight_nll": tight,
+        "nfe_per_training_step": 24.0,
+        "train_seconds": 2 * reaches_at,
+        "curve": curve,
+    }
+
+
+def test_gates_and_their_docs_tables(example):
+    """Medians over seeds; the NLL gap per dimension on digits; no speed-up where TL-NODE never gets there."""
+    methods = ["ffjord", "tl_node"]
+    moons = [{"ffjord": run_result(2.0, 2.0, 10.0), "tl_node": run_result(2.01, 2.2, 1.0)} for _ in range(3)]
+    digits = [{"ffjord": run_result(60.0, 60.0, 10.0), "tl_node": run_result(62.56, 63.2, 1.0)} for _ in range(3)]
+    results = {"two_moons": moons, "digits": digits}
+    gates = example.gates(results, methods)
+    assert gates["two_moons"]["nll_gap"] == pytest.approx(0.01)
+    assert gates["two_moons"]["speedup_to_accuracy"] == pytest.approx(10.0) and gates["two_moons"]["passes"]
+    assert gates["digits"]["nll_gap"] == pytest.approx(2.56 / 64)  # 0.04 nats per dimension > 0.02
+    assert gates["digits"]["speedup_to_accuracy"] == 0.0  # 62.56 never reaches the target, 60 + 0.05
+    assert not gates["digits"]["passes"]
+    report = {
+        "results": results,
+        "summary": {d: example.summarise(seeds, methods) for d, seeds in results.items()},
+        "gates": gates,
+    }
+    table = example.gates_block(report).splitlines()
+    assert table[2] == "| two_moons | +0.010 nats | 0.05 nats | 10.0x | 5x | holds | +0.200 nats |"
+    assert table[3] == "| digits | +0.040 nats/dim | 0.02 nats/dim | 0.0x | 5x | fails | +0.050 nats/dim |"
+    summary = example.summary_block(report)
+    assert summary.count("(medians over 3 seeds)") == 2 and "| TL-NODE (8 steps, corrected) | 2.010 |" in summary
+    assert example.gates({"two_moons": moons}, ["tl_node", "rk4"]) == {}  # no baseline, no gate
