@@ -29,7 +29,7 @@ at least 5x shorter. Plots: each 2-D model's density and samples.
 
 Usage:
     python examples/density_estimation.py            # --quick (default): two moons, one seed, under 3 minutes
-    python examples/density_estimation.py --full --json results/density_estimation_full.json --out results/
+    python examples/density_estimation.py --full --json examples/results/density_estimation_full.json --out examples/results/
 """
 
 from __future__ import annotations
@@ -75,7 +75,7 @@ MODES = {
     "full": {
         "train": 20000,
         "test": 5000,
-        "steps": 3000,
+        "steps": 1000,
         "batch": 256,
         "points": 30,
         "seeds": 3,
@@ -406,7 +406,9 @@ DOC_BLOCKS = {"summary": summary_block, "gates": gates_block}
 
 def main(argv: list[str] | None = None) -> dict:
     parser = harness.example_parser(
-        __doc__.splitlines()[0], "two moons, one seed, 120 steps, under 3 minutes", "all densities, 3 seeds, 3000 steps"
+        __doc__.splitlines()[0],
+        "two moons, one seed, 120 steps, under 3 minutes",
+        "all densities, 3 seeds, 1000 steps, about 70 minutes",
     )
     parser.add_argument("--densities", nargs="+", choices=DENSITIES, help="densities to learn (default: by mode)")
     parser.add_argument("--methods", nargs="+", choices=list(METHODS), default=list(METHODS))
