@@ -20,6 +20,7 @@ def test_taylor_cost_part_reports_ratios(benchmark, tmp_path):
     assert (tmp_path / "b.json").exists()
 
 
+@pytest.mark.example_runs
 def test_matched_latency_on_the_stiff_system(benchmark):
     result = benchmark.matched_latency("stiff linear, dt=0.002", batch=64, repeats=1, epochs=1)
     assert result["tl_node"]["nfe"] == 3
@@ -67,6 +68,7 @@ def test_training_step_part_splits_the_tl_step(benchmark, monkeypatch):
     assert report["best_speedup"] == pytest.approx(10.0)
 
 
+@pytest.mark.example_runs
 def test_against_baseline_part_reports_time_to_accuracy_and_sizes(benchmark):
     accuracy = benchmark.time_to_accuracy(seeds=[0], steps=20)
     assert set(accuracy["summary"]) == {"tl_node@1", "dopri"}

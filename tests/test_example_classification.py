@@ -52,6 +52,7 @@ def test_methods_start_from_identical_weights(classification):
         assert all(np.array_equal(a, b) for a, b in zip(reference, weights, strict=True))
 
 
+@pytest.mark.example_runs
 def test_main_trains_on_an_mnist_npz_and_writes_json_and_chart(classification, tmp_path, capsys):
     """The whole script on a local MNIST file (the digits' loading is tested above; the data path after it is
     shared): TL-NODE and its reference; taylor2 and RK4 are the package's layers, tested there."""

@@ -2,9 +2,11 @@
 
 import math
 
+import pytest
 from example_loader import load_example
 
 
+@pytest.mark.example_runs
 def test_decomposition_reports_every_part():
     study = load_example("correction_limits")
     config = {"steps": 20, "fit_updates": 5, "data_seed": 0}

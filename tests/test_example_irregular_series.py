@@ -39,6 +39,7 @@ def test_bins_split_the_error_without_losing_a_pair(example):
     np.testing.assert_allclose(np.dot(per_bin, counts) / counts.sum(), total, rtol=1e-6)
 
 
+@pytest.mark.example_runs
 def test_main_writes_table_json_and_plot(example, tmp_path, capsys):
     path = tmp_path / "irregular.json"
     # Two methods: every layer's per-sample spans are tested in tests/test_spans.py.

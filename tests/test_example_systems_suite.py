@@ -147,6 +147,7 @@ def test_the_other_methods_build_and_step(suite, key):
     np.testing.assert_allclose(model(x).numpy(), exact, atol=tolerance)
 
 
+@pytest.mark.example_runs
 def test_every_method_runs_and_reports(suite, tmp_path):
     path = tmp_path / "suite.json"
     # TL-NODE, the scheme its gates compare it with and the reference: every kind of run (fixed step at 1 and

@@ -53,6 +53,7 @@ def test_van_der_pol_data_pairs_follow_trajectories(vdp):
     np.testing.assert_array_equal(vdp.make_data(config)["x"], data["x"])
 
 
+@pytest.mark.example_runs
 def test_van_der_pol_main_writes_report_and_plots(vdp, tmp_path, capsys):
     path = tmp_path / "results" / "vdp.json"
     argv = [
