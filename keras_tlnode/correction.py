@@ -59,9 +59,10 @@ class MidpointCorrection(keras.layers.Layer):
             mode or `(batch, n·n)` in matrix mode.
         use_step_size: also feed Δt to N_φ.
         features: N_φ sees the first `features` components of the flattened
-            state only (default: all of them); for states that carry components
-            which do not drive the dynamics (a continuous normalizing flow's
-            log-density and probes).
+            state only (default: all of them), and in vector mode places ξ
+            for them only: the other components keep γ₀ and do not count in
+            θ̄. For states that carry components which do not drive the
+            dynamics (a continuous normalizing flow's log-density and probes).
         base_value: γ₀; `None` lets the owning `TaylorLagrangeODE` set 1/(p+2).
             In (0, 1) when `bounded`.
         bounded: keep each component of Γ in (0, 1) (vector mode only).
@@ -124,10 +125,11 @@ class MidpointCorrection(keras.layers.Layer):
         if self.built:  # Deserialisation builds the layer before a caller may build it again.
             return
         state_size = _flat_size(input_shape, self.mode)
-        output_size = state_size * state_size if self.mode == "matrix" else state_size
         if self.features is not None and self.features > state_size:
             raise ValueError(f"`features` must be at most the state's size {state_size}, got {self.features}.")
-        features = (state_size if self.features is None else self.features) + int(self.use_step_size)
+        placed = state_size if self.features is None else self.features
+        output_size = state_size * state_size if self.mode == "matrix" else placed
+        features = placed + int(self.use_step_size)
         if self.network is None:
             self.network = _default_network(self.hidden_units, self.activation, output_size, self)
         if not self.network.built:
@@ -176,6 +178,8 @@ class MidpointCorrection(keras.layers.Layer):
             deviation = tf.cast(self.trust_weight, x.dtype) * deviation
         if self.mode == "matrix":
             return self.base_value * tf.eye(n, dtype=x.dtype) + tf.reshape(deviation, (-1, n, n))
+        if deviation.shape[-1] != n:  # `features`: the trailing components stay at γ₀
+            deviation = tf.pad(deviation, [[0, 0], [0, n - deviation.shape[-1]]])
         return self.base_value + tf.reshape(deviation, tf.shape(x))
 
     def midpoint(
@@ -192,7 +196,8 @@ class MidpointCorrection(keras.layers.Layer):
             fraction = tf.reduce_mean(tf.reduce_sum(gamma, axis=-1), axis=-1, keepdims=True)
         else:
             move = gamma * fx
-            fraction = tf.reduce_mean(tf.reshape(gamma, (-1, math.prod(x.shape[1:]))), axis=-1, keepdims=True)
+            placed = tf.reshape(gamma, (-1, math.prod(x.shape[1:])))[:, : self.features]
+            fraction = tf.reduce_mean(placed, axis=-1, keepdims=True)
         return x + per_state(step_size, x) * move, fraction
 
     @property

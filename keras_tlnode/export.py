@@ -124,7 +124,7 @@ def _flow_endpoints(flow: ContinuousNormalizingFlow, signature: list[tf.TensorSp
     def sample(n: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
         shape = tf.stack([n, flow.dimension])
         base = tf.random.stateless_normal(shape, seed=seed, dtype=flow.compute_dtype)
-        return flow.reverse_flow(base, training=False)
+        return flow.flow.inverse(base)
 
     sample_signature = [tf.TensorSpec([], tf.int32, name="n"), tf.TensorSpec([2], tf.int32, name="seed")]
     return {LOG_PROB: (_serving_function(flow, None), signature), SAMPLE: (sample, sample_signature)}

@@ -1,29 +1,35 @@
 """`ContinuousNormalizingFlow`: density estimation with a TL-NODE (FFJORD's model, Taylor-Lagrange steps).
 
-The flow maps data x at t = 0 to base points z at t = T under dz/dt = f_θ(z, t),
-and the change of log-density integrates along with the state:
+The flow maps data x at t = 0 to base points z at t = T under dz/dt = f_θ(z, t)
+in fixed steps: z = Φ(x), Φ the composition of the steps. Its likelihood is the
+change of variables of the map it computes,
 
-    log p(x) = log N(z(T); 0, I) + ∫₀ᵀ tr(∂f_θ/∂z)(z(t), t) dt.
+    log p(x) = log N(Φ(x); 0, I) + log det ∂Φ/∂x,
 
-The data path is that of every TL-NODE: the augmented state [z, Δ] (and, with
-Hutchinson's estimator, the noise ε, constant along the solve) goes through a
-`TaylorLagrangeODE` whose vector field is the augmented one,
+with each step's exact log-determinant (keras_tlnode/volume.py). Unlike the
+continuous-time ∫₀ᵀ tr(∂f_θ/∂z) dt integrated by the same steps, which training
+can make disagree with the map at coarse steps (the reported likelihood is then
+no density), this is a density whenever the steps are one-to-one, at every step
+count, order and scheme; a fold is reported as NaN. Sampling inverts the same
+steps by Newton's method. The continuous-time likelihood of the learned field
+stays available as a check (`continuous_log_prob`, `likelihood_gap`).
 
-    d/dt [z, Δ, ε] = [f_θ(z, t), tr(∂f_θ/∂z), 0],
-
-so the Taylor coefficients, the Lagrange remainder at the learned midpoint ξ,
-the rollout, the teacher and the correction phase of `TLNODEModel` all work on
-the augmented system unchanged.
+Hutchinson's estimator (`trace="hutchinson"`, for high dimensions) trains on
+the continuous-time estimate: the augmented state [z, Δ, ε] goes through a
+Taylor-Lagrange layer whose field is d/dt [z, Δ, ε] = [f_θ(z, t), εᵀ(∂f_θ/∂z)ε, 0];
+evaluation still takes the exact change of variables.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 
 import keras
 import tensorflow as tf
 import tensorflow_probability as tfp
 
+from keras_tlnode.adaptive import dormand_prince
 from keras_tlnode.correction import MidpointCorrection
 from keras_tlnode.layers import FixedStepODE, StepwiseODE, TaylorLagrangeODE
 from keras_tlnode.schemes import CLASSICAL
@@ -33,6 +39,7 @@ from keras_tlnode.validation import (
     check_bool,
     check_choice,
     check_duration,
+    check_float,
     check_instance,
     check_int,
     check_optional_int,
@@ -40,6 +47,7 @@ from keras_tlnode.validation import (
 
 TRACES = ("exact", "hutchinson")
 DEFAULT_NUM_STEPS = 8  # the authors' tabular FFJORD experiment: 8 steps of order 1
+DEFAULT_FOLD_WEIGHT = 10.0
 
 
 class FieldWrapper(keras.layers.Layer):
@@ -128,25 +136,6 @@ class AugmentedField(FieldWrapper):
 
 
 @keras.saving.register_keras_serializable(package="keras_tlnode")
-class ReversedField(FieldWrapper):
-    """s ↦ -f(z, T - s): the field that carries base points back to data space over s in [0, T].
-
-    Internal to `ContinuousNormalizingFlow.sample`; registered so that it saves.
-    """
-
-    def __init__(self, vector_field: keras.layers.Layer, duration: float, **kwargs):
-        super().__init__(vector_field, **kwargs)
-        self.duration = float(duration)
-
-    def call(self, inputs: list) -> tf.Tensor:
-        z, s = inputs
-        return -self.vector_field([z, self.duration - s])
-
-    def get_config(self) -> dict:
-        return {**super().get_config(), "duration": self.duration}
-
-
-@keras.saving.register_keras_serializable(package="keras_tlnode")
 class NegativeLogLikelihood(keras.losses.Loss):
     """The mean of -log p(x) over the batch, from the per-sample log densities a flow outputs (targets unused)."""
 
@@ -162,23 +151,30 @@ class ContinuousNormalizingFlow(TLNODEModel):
     """A continuous normalizing flow with a standard normal base, integrated by Taylor-Lagrange steps.
 
     The flow maps data x (t = 0) to base points z (t = `duration`) under
-    dz/dt = f_θ(z, t); `log_prob(x) = log N(z(T)) + ∫₀ᵀ tr(∂f_θ/∂z) dt`, in
-    nats. The state and the log-density's change are one augmented state, so
-    each step is the Taylor-Lagrange step of the augmented system: its last
-    term, the Lagrange remainder, is evaluated for the log-density at the same
-    point ξ as for the state, and Γ_φ (`correction`) places ξ from z alone (its
-    `MidpointCorrection.features` are set to the data's dimension). The
-    correction phase fits Γ_φ so that the augmented step matches the teacher's
-    solve of the augmented system, the log-density included.
+    dz/dt = f_θ(z, t) in `num_steps` fixed steps, z = Φ(x), and its likelihood
+    is the change of variables of that map: `log_prob(x) = log N(Φ(x)) + log
+    det ∂Φ/∂x`, in nats, each step's log-determinant exact (d forward-mode
+    tangents per step). It is a normalised density at every step count,
+    order and scheme as long as no step folds (a step's determinant ≤ 0 gives
+    NaN); `sample` and `decode` invert the same steps by Newton's method, so
+    `decode(encode(x)[0])` returns x. The learned field's continuous-time
+    likelihood, FFJORD's with the same field, is `continuous_log_prob`; the
+    mean gap between the two, `likelihood_gap`, says how far the steps are
+    from the field's exact flow (docs/usage.md, "Density estimation").
+
+    Γ_φ (`correction`) places the remainder's point ξ from z alone (its
+    `MidpointCorrection.features` are set to the data's dimension); the
+    correction phase fits it so that each step matches the teacher's solve of
+    dz/dt = f_θ(z, t).
 
     Calling the model returns log p(x) per sample, shape `(batch,)`; `fit(x)`
     with no targets maximises the likelihood (`compile`'s default loss is the
     mean negative log-likelihood), `evaluate(x)` reports it. With
-    `trace="hutchinson"`, training uses Hutchinson's estimator with one
-    Rademacher probe per sample and solve, shared by every Taylor order and
-    step; evaluation, `predict` and `log_prob` use the exact trace. `sample`
-    integrates back from the base with the uncorrected Taylor step of the same
-    order and step count (Γ_φ is fitted to the forward steps only).
+    `trace="hutchinson"` (high dimensions, where d tangents per step are too
+    many for training), training maximises the continuous-time likelihood of
+    the same steps with Hutchinson's estimator of ∫ tr(∂f_θ/∂z) dt (one
+    Rademacher probe per sample, shared by every Taylor order and step), and
+    evaluation, `predict` and `log_prob` take the exact change of variables.
 
     Args:
         vector_field: Keras layer computing f_θ, called as `vector_field([z, t])`
@@ -189,10 +185,16 @@ class ContinuousNormalizingFlow(TLNODEModel):
         correction: `MidpointCorrection` (Γ_φ) or None.
         trace: "exact" or "hutchinson" (the trace estimator in training).
         remainder_weight: λ >= 0, weight of the remainder penalty.
+        fold_weight: weight >= 0 of the fold penalty in training: the mean over
+            the batch and as many probe points (the batch plus Gaussian noise
+            of its spread, to cover the gaps between the data) of a barrier on
+            each step's Jacobian determinant below 0.1 (`volume.fold_barrier`),
+            which keeps every step one-to-one where the data do not reach; 0
+            turns it off. Exact trace only.
         seed: seed of Hutchinson's probes (`keras.random.SeedGenerator`).
         method: "taylor_lagrange", or a classical scheme, "euler", "heun" or
-            "rk4" (a `FixedStepODE` of the augmented field, without correction:
-            the baselines of the same model).
+            "rk4" (a `FixedStepODE` of the same field, without correction: the
+            baselines of the same model).
         **kwargs: `keras.Model` arguments (e.g. `name`).
 
     Example:
@@ -210,6 +212,9 @@ class ContinuousNormalizingFlow(TLNODEModel):
     >>> history = flow.fit(x, batch_size=32, epochs=1, verbose=0)
     >>> flow.log_prob(x[:3]).shape, flow.sample(5, seed=1).shape
     (TensorShape([3]), TensorShape([5, 2]))
+    >>> z, log_det = flow.encode(x[:3])
+    >>> bool(np.allclose(flow.decode(z), x[:3], atol=1e-4))
+    True
     """
 
     def __init__(
@@ -221,6 +226,7 @@ class ContinuousNormalizingFlow(TLNODEModel):
         correction: MidpointCorrection | None = None,
         trace: str = "exact",
         remainder_weight: float = 0.0,
+        fold_weight: float = DEFAULT_FOLD_WEIGHT,
         seed: int | None = None,
         method: str = "taylor_lagrange",
         **kwargs,
@@ -233,6 +239,7 @@ class ContinuousNormalizingFlow(TLNODEModel):
             )
         self.order = check_int(order, "order", 0, MAX_ORDER)
         self.remainder_weight = remainder_weight
+        self.fold_weight = check_float(fold_weight, "fold_weight", non_negative=True)
         self.vector_field = check_instance(vector_field, "vector_field", keras.layers.Layer)
         self.duration = check_duration(duration, None)
         self.num_steps = check_int(num_steps, "num_steps")
@@ -241,80 +248,86 @@ class ContinuousNormalizingFlow(TLNODEModel):
         self.correction = check_instance(correction, "correction", MidpointCorrection, optional=True)
         probes = trace == "hutchinson"
 
-        def steps(field: keras.layers.Layer, **tl) -> StepwiseODE:
+        def steps(field: keras.layers.Layer) -> StepwiseODE:
             if method != "taylor_lagrange":
                 return FixedStepODE(
                     field, method=method, num_steps=self.num_steps, duration=self.duration, time_dependent=True
                 )
             return TaylorLagrangeODE(
-                field, order=order, num_steps=self.num_steps, duration=self.duration, time_dependent=True, **tl
+                field,
+                order=order,
+                num_steps=self.num_steps,
+                duration=self.duration,
+                time_dependent=True,
+                correction=correction,
+                remainder_weight=remainder_weight,
             )
 
-        self.flow = steps(
-            AugmentedField(vector_field, trace, probes), correction=correction, remainder_weight=remainder_weight
-        )
-        # Evaluation takes the exact trace on the same augmented state (ε unused) with the same Γ_φ.
-        self.exact_flow = (
-            steps(AugmentedField(vector_field, "exact", probes), correction=correction) if probes else self.flow
-        )
-        self.reverse_flow = steps(ReversedField(vector_field, self.duration))
-        self.probe_seeds = keras.random.SeedGenerator(seed) if probes else None
+        # The steps of the data path: x → Φ(x), with the exact change of volume.
+        self.flow = steps(vector_field)
+        # Hutchinson's training path: the same steps on [z, Δ, ε], with the same Γ_φ.
+        self.hutchinson_flow = steps(AugmentedField(vector_field, "hutchinson", probes=True)) if probes else None
+        # The field's continuous-time likelihood (the check): d/dt [z, Δ] = [f, tr ∂f/∂z].
+        self.continuous_field = AugmentedField(vector_field, "exact")
+        # Hutchinson's probes, or the fold penalty's probe points.
+        self.probe_seeds = keras.random.SeedGenerator(seed)
         self.dimension: int | None = None
 
-    # --- the data path: x → augmented state → Taylor-Lagrange rollout → log p(x) ----------
+    # --- the data path: x → the steps' map Φ(x) and its log-determinant → log p(x) --------
 
     def build(self, input_shape: tuple) -> None:
         if len(input_shape) != 2 or input_shape[-1] is None:
             raise ValueError(f"ContinuousNormalizingFlow takes flat data (batch, d), got shape {tuple(input_shape)}.")
         self.dimension = int(input_shape[-1])
         if self.correction is not None and self.correction.features is None:
-            # Γ_φ sees z alone: Δ grows along the solve, and ε differs between training and evaluation.
+            # Γ_φ sees z alone: on Hutchinson's path the state also carries Δ and ε.
             self.correction.set_features(self.dimension)
-        size = 2 * self.dimension + 1 if self.trace == "hutchinson" else self.dimension + 1
-        for layer in {id(f): f for f in (self.flow, self.exact_flow)}.values():
-            layer.build((input_shape[0], size))
-        self.reverse_flow.build(tuple(input_shape))
+        self.flow.build(tuple(input_shape))
+        if self.hutchinson_flow is not None:
+            self.hutchinson_flow.build((input_shape[0], 2 * self.dimension + 1))
+        self.continuous_field.build([(input_shape[0], self.dimension + 1), (input_shape[0], 1)])
         self.built = True
 
     def call(self, x: tf.Tensor, training: bool | None = None) -> tf.Tensor:
-        """log p(x) per sample, `(batch,)`: Hutchinson's trace in training if so configured, else the exact one."""
+        """log p(x) per sample, `(batch,)`: the exact change of variables (Hutchinson's estimate in training if so configured)."""
         z, log_det = self._encode(x, training)
         return standard_normal_log_density(z) + log_det
 
     def _encode(self, x: tf.Tensor, training: bool | None) -> tuple[tf.Tensor, tf.Tensor]:
-        """(z(T), ∫₀ᵀ tr(∂f/∂z) dt) from the augmented state's rollout."""
-        hutchinson = bool(training) and self.trace == "hutchinson"
-        end = (self.flow if hutchinson else self.exact_flow)(self._augment(x, hutchinson), training=training)
-        d = self.dimension
-        return end[:, :d], end[:, d]
-
-    def _augment(self, x: tf.Tensor, probes: bool) -> tf.Tensor:
-        """[x, 0]; with Hutchinson's estimator [x, 0, ε], ε Rademacher if `probes` (training), else 0 (unused)."""
-        parts = [x, tf.zeros_like(x[:, :1])]
-        if self.trace == "hutchinson":
-            if probes:
-                signs = keras.random.randint(tf.shape(x), 0, 2, seed=self.probe_seeds)
-                parts.append(tf.cast(2 * signs - 1, x.dtype))
-            else:
-                parts.append(tf.zeros_like(x))
-        return tf.concat(parts, axis=-1)
+        """(Φ(x), log det ∂Φ/∂x); in Hutchinson training, (Φ(x), the steps' estimate of ∫₀ᵀ tr(∂f/∂z) dt)."""
+        if training and self.hutchinson_flow is not None:
+            signs = keras.random.randint(tf.shape(x), 0, 2, seed=self.probe_seeds)
+            probes = tf.cast(2 * signs - 1, x.dtype)
+            end = self.hutchinson_flow(tf.concat([x, tf.zeros_like(x[:, :1]), probes], axis=-1), training=training)
+            d = self.dimension
+            return end[:, :d], end[:, d]
+        if not (training and self.fold_weight > 0):
+            z, log_det, _ = self.flow.change_of_variables(x, training=training)
+            return z, log_det
+        # The fold penalty, at the batch and at probe points around it, in the same rollout.
+        spread = tf.math.reduce_std(x, axis=0, keepdims=True)
+        around = x + spread * keras.random.normal(tf.shape(x), dtype=x.dtype, seed=self.probe_seeds)
+        z, log_det, fold = self.flow.change_of_variables(tf.concat([x, around], axis=0), training=training)
+        self.add_loss(tf.cast(self.fold_weight * tf.reduce_mean(fold), tf.float32))
+        batch = tf.shape(x)[0]
+        return z[:batch], log_det[:batch]
 
     def log_prob(self, x) -> tf.Tensor:
-        """log p(x) in nats, `(batch,)`, with the exact trace."""
+        """log p(x) in nats, `(batch,)`: the exact change of variables of the flow's steps."""
         return self(self._data(x), training=False)
 
     def encode(self, x) -> tuple[tf.Tensor, tf.Tensor]:
-        """Data to base: `(z, log_det)`, z = z(T) `(batch, d)` and log_det = log|det ∂z/∂x| = ∫₀ᵀ tr(∂f/∂z) dt `(batch,)`."""
+        """Data to base: `(z, log_det)`, z = Φ(x) `(batch, d)` and log_det = log det ∂Φ/∂x `(batch,)`."""
         x = self._data(x)
         if not self.built:
             self.build(tuple(x.shape))
         return self._encode(x, training=False)
 
     def decode(self, z) -> tf.Tensor:
-        """Base to data: z carried back from t = T to 0, `(batch, d)`, by the uncorrected Taylor step."""
+        """Base to data: Φ⁻¹(z) `(batch, d)`, each step inverted by Newton's method (the inverse of `encode`)."""
         if not self.built:
             raise ValueError("ContinuousNormalizingFlow.decode needs a built model: fit it, or call it on data, first.")
-        return self.reverse_flow(self._data(z))
+        return self.flow.inverse(self._data(z))
 
     def sample(self, n: int, seed: int | None = None) -> tf.Tensor:
         """`n` points of the model's distribution, `(n, d)`: standard normal draws, decoded."""
@@ -322,6 +335,34 @@ class ContinuousNormalizingFlow(TLNODEModel):
         if self.dimension is None:
             raise ValueError("ContinuousNormalizingFlow.sample needs a built model: fit it, or call it on data, first.")
         return self.decode(keras.random.normal((n, self.dimension), dtype=self.compute_dtype, seed=seed))
+
+    # --- the check: the learned field's continuous-time likelihood ---------------------------
+
+    def continuous_log_prob(self, x, tolerance: float = 1e-7) -> tf.Tensor:
+        """log p(x) `(batch,)` of the learned field's continuous flow: FFJORD's likelihood of the same f_θ.
+
+        log N(z(T)) + ∫₀ᵀ tr(∂f_θ/∂z) dt, solved by DormandPrince at
+        rtol = atol = `tolerance` in float64 with the exact trace: the
+        likelihood the steps approximate. Costly (an adaptive solve with d
+        tangents per evaluation); a check, not a training path.
+        """
+        tolerance = check_float(tolerance, "tolerance", positive=True)
+        x = self._data(x)
+        if not self.built:
+            self.build(tuple(x.shape))
+        return _continuous_log_prob(self.continuous_field, x, self.duration, tolerance)
+
+    def likelihood_gap(self, x, tolerance: float = 1e-7) -> float:
+        """mean(log_prob(x) − continuous_log_prob(x)) in nats: how far the steps' density is from the field's own.
+
+        Near 0 when the steps follow the learned field's flow; large (either
+        sign) when training has fitted the steps rather than the field, as at
+        coarse step counts. `log_prob` is a density either way (see the class
+        docstring); the gap says whether it is also FFJORD's density of f_θ.
+        """
+        x = self._data(x)
+        gap = self.log_prob(x) - self.continuous_log_prob(x, tolerance)
+        return float(tf.reduce_mean(tf.cast(gap, tf.float64)))
 
     def bijector(self) -> tfp.bijectors.Bijector:
         """This flow as a `tfp.bijectors.Bijector`: forward maps base to data (`decode`), inverse data to base.
@@ -369,6 +410,7 @@ class ContinuousNormalizingFlow(TLNODEModel):
             "correction": keras.saving.serialize_keras_object(self.correction),
             "trace": self.trace,
             "remainder_weight": self.remainder_weight,
+            "fold_weight": self.fold_weight,
             "seed": self.seed,
             "method": self.method,
         }
@@ -382,7 +424,7 @@ class ContinuousNormalizingFlow(TLNODEModel):
 
 
 class FlowBijector(tfp.bijectors.Bijector):
-    """`ContinuousNormalizingFlow.bijector()`: forward is `decode`, inverse `encode`, log|det| its integral of the trace."""
+    """`ContinuousNormalizingFlow.bijector()`: forward is `decode`, inverse `encode`, with its log-determinant."""
 
     def __init__(self, flow: ContinuousNormalizingFlow):
         self.flow = flow
@@ -396,6 +438,16 @@ class FlowBijector(tfp.bijectors.Bijector):
 
     def _inverse_log_det_jacobian(self, x: tf.Tensor) -> tf.Tensor:
         return self.flow.encode(x)[1]
+
+
+@functools.partial(tf.function, autograph=False, reduce_retracing=True)
+def _continuous_log_prob(field: AugmentedField, x: tf.Tensor, duration: float, tolerance: float) -> tf.Tensor:
+    def augmented(state: tf.Tensor, t: tf.Tensor) -> tf.Tensor:
+        return field([state, tf.fill(tf.stack([tf.shape(state)[0], 1]), t)])
+
+    start = tf.concat([x, tf.zeros_like(x[:, :1])], axis=-1)
+    end = dormand_prince(augmented, start, [duration], tolerance, tolerance, tf.float64).states[-1]
+    return standard_normal_log_density(end[:, :-1]) + end[:, -1]
 
 
 def standard_normal_log_density(z: tf.Tensor) -> tf.Tensor:

@@ -21,6 +21,7 @@ from collections.abc import Callable
 from typing import TypeVar
 
 import keras
+import numpy as np
 import tensorflow as tf
 
 from keras_tlnode.compat import flatten_layers
@@ -38,6 +39,7 @@ from keras_tlnode.validation import (
     check_instance,
     check_int,
 )
+from keras_tlnode.volume import invert_step, with_log_det
 
 L = TypeVar("L", bound=keras.layers.Layer)
 
@@ -198,18 +200,81 @@ class StepwiseODE(ODELayer):
 
     def call(self, inputs: tf.Tensor | list, training: bool | None = None) -> tf.Tensor:
         x, step_size = self._spans(inputs)
-        return self._rollout(x, step_size, penalise=False)[0]
+        return self._forward(inputs, x, step_size, training, log_det=False)
 
-    def _rollout(self, x: tf.Tensor, step_size: tf.Tensor | None, penalise: bool) -> tuple[tf.Tensor, tf.Tensor]:
+    def change_of_variables(self, x: tf.Tensor, training: bool | None = None) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+        """`(Φ(x), log det ∂Φ/∂x, fold)`: the rollout map Φ of flat states `(batch, d)` and its log-volume change.
+
+        log det ∂Φ/∂x `(batch,)` is the sum over the steps of each step's
+        exact log-determinant (keras_tlnode/volume.py: d forward-mode
+        tangents per step), NaN where a step's determinant is ≤ 0 (the map
+        folds there and is not one-to-one). With it, log N(Φ(x)) + log det
+        ∂Φ/∂x is a probability density of x whatever the step's error.
+        `fold` `(batch,)` is Σ_k of a barrier on each step's determinant
+        (`volume.fold_barrier`): zero where every step keeps it above 0.1,
+        steep towards 0 and finite beyond, a penalty that keeps training away
+        from folds.
+        """
+        self._check_inputs(x)
+        if x.shape.rank != 2 or self.return_trajectory:
+            raise ValueError(
+                f"{type(self).__name__}.change_of_variables takes flat states (batch, d) and return_trajectory=False, "
+                f"got shape {x.shape} and return_trajectory={self.return_trajectory}."
+            )
+        end = self._forward(x, x, None, training, log_det=True)
+        return end[:, :-2], end[:, -2], end[:, -1]
+
+    def inverse(self, y: tf.Tensor) -> tf.Tensor:
+        """x with Φ(x) = y, flat states `(batch, d)`: each step undone by Newton's method, the last first.
+
+        Exact to the dtype's precision where every step is one-to-one (see
+        `change_of_variables`); damped Newton iterations start from the
+        step's output and stop at rounding level (`volume.invert_step`).
+        """
+        self._check_inputs(y)
+        invert = _traced(self, "_invert") if tf.executing_eagerly() else self._invert
+        return invert(y)
+
+    def _forward(
+        self, inputs: tf.Tensor | list, x: tf.Tensor, step_size: tf.Tensor | None, training: bool | None, log_det: bool
+    ) -> tf.Tensor:
+        """The output of the rollout from `x` (`inputs` as the layer received them), with [·, log det] if `log_det`."""
+        return self._rollout(x, step_size, penalise=False, log_det=log_det)[0]
+
+    def _rollout(
+        self, x: tf.Tensor, step_size: tf.Tensor | None, penalise: bool, log_det: bool = False
+    ) -> tuple[tf.Tensor, tf.Tensor]:
         """`(output states, Σ_k mean|R_k| if penalise)` of the rollout from `x`."""
-        integrate = _traced_integrate(self) if tf.executing_eagerly() else self._integrate
-        return integrate(x, step_size, penalise)
+        integrate = _traced(self, "_integrate") if tf.executing_eagerly() else self._integrate
+        return integrate(x, step_size, penalise, log_det)
 
-    def _integrate(self, x: tf.Tensor, step_size: tf.Tensor | None, penalise: bool) -> tuple[tf.Tensor, tf.Tensor]:
+    def _integrate(
+        self, x: tf.Tensor, step_size: tf.Tensor | None, penalise: bool, log_det: bool = False
+    ) -> tuple[tf.Tensor, tf.Tensor]:
+        step = self._step_fn(step_size)
+        if log_det:
+            step, x = with_log_det(step), tf.concat([x, tf.zeros(tf.stack([tf.shape(x)[0], 2]), x.dtype)], axis=-1)
+        return rollout(step, x, self.num_steps, self.return_trajectory, sum_remainders=penalise)
+
+    def _invert(self, y: tf.Tensor) -> tf.Tensor:
+        step = self._step_fn(None)
+        # A residual of a few roundings of the states' size: Newton's last step then leaves an error far below it.
+        tolerance = 8 * float(np.finfo(y.dtype.as_numpy_dtype).eps) * (1.0 + tf.reduce_max(tf.abs(y)))
+        _, x = tf.while_loop(
+            lambda k, _: k > 0,
+            lambda k, z: (k - 1, invert_step(step, z, k - 1, tolerance)),
+            (tf.constant(self.num_steps), y),
+            maximum_iterations=self.num_steps,
+        )
+        return x
+
+    def _step_fn(self, step_size: tf.Tensor | None) -> Callable[[tf.Tensor, tf.Tensor], tuple[tf.Tensor, tf.Tensor]]:
+        """`step(states, k)` of this layer's rollout, as `rollout` takes it."""
+
         def step(state: tf.Tensor, k: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
             return self.step(state, self._time(state, k, step_size), step_size=step_size)
 
-        return rollout(step, x, self.num_steps, self.return_trajectory, sum_remainders=penalise)
+        return step
 
     def step_starts(self, inputs: tf.Tensor | list) -> tf.Tensor:
         """The state at which each step of this layer's rollout from `inputs` starts.
@@ -221,11 +286,7 @@ class StepwiseODE(ODELayer):
         x, step_size = self._spans(inputs)
         if self.num_steps == 1:
             return tf.stop_gradient(x)
-
-        def step(state: tf.Tensor, k: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-            return self.step(state, self._time(state, k, step_size), step_size=step_size)
-
-        trajectory, _ = rollout(step, tf.stop_gradient(x), self.num_steps - 1, return_trajectory=True)
+        trajectory, _ = rollout(self._step_fn(step_size), tf.stop_gradient(x), self.num_steps - 1, True)
         return tf.stop_gradient(tf.reshape(trajectory, tf.concat([[-1], tf.shape(x)[1:]], axis=0)))
 
     def step_sizes(self, inputs: tf.Tensor | list) -> tf.Tensor | None:
@@ -428,10 +489,12 @@ class TaylorLagrangeODE(StepwiseODE):
         if self.correction is not None and not self.correction.built:
             self.correction.build(self._state_shape(input_shape))
 
-    def call(self, inputs: tf.Tensor, training: bool | None = None) -> tf.Tensor:
-        x, step_size = self._spans(inputs)
+    def _forward(
+        self, inputs: tf.Tensor | list, x: tf.Tensor, step_size: tf.Tensor | None, training: bool | None, log_det: bool
+    ) -> tf.Tensor:
+        # In training, the remainder penalty joins the loss and the call is recorded for the correction phase.
         penalise = bool(training) and self.remainder_weight > 0
-        states, remainder = self._rollout(x, step_size, penalise)
+        states, remainder = self._rollout(x, step_size, penalise, log_det)
         penalty = self.remainder_weight * remainder if penalise else None
         if penalty is not None and penalty.dtype.size < 4:
             # Under mixed precision Keras sums the losses in float32.
@@ -499,28 +562,29 @@ def _classical_arguments(args: tuple, kwargs: dict) -> dict:
     return bound
 
 
-_TRACED: weakref.WeakKeyDictionary[StepwiseODE, Callable] = weakref.WeakKeyDictionary()
+_TRACED: weakref.WeakKeyDictionary[StepwiseODE, dict[str, Callable]] = weakref.WeakKeyDictionary()
 
 
-def _traced_integrate(layer: StepwiseODE) -> Callable[..., tuple[tf.Tensor, tf.Tensor]]:
-    """`layer._integrate` as a tf.function, cached per layer, for eager calls.
+def _traced(layer: StepwiseODE, method: str) -> Callable:
+    """`layer.<method>` (its rollout or its inverse) as a tf.function, cached per layer, for eager calls.
 
     Each Taylor pass is a function call of its own (see `taylor_coefficients`);
     tracing the whole rollout once keeps eager calls from tracing every step.
     The cache lives outside the layer, so export never sees it, and holds the
     layer weakly.
     """
-    if layer not in _TRACED:
+    functions = _TRACED.setdefault(layer, {})
+    if method not in functions:
         owner = weakref.ref(layer)
 
-        def integrate(x: tf.Tensor, step_size: tf.Tensor | None, penalise: bool) -> tuple[tf.Tensor, tf.Tensor]:
+        def traced(*args):
             alive = owner()
             if alive is None:  # unreachable: the cache drops a layer's entry with the layer
                 raise ReferenceError("the layer of this traced rollout no longer exists")
-            return alive._integrate(x, step_size, penalise)
+            return getattr(alive, method)(*args)
 
-        _TRACED[layer] = tf.function(integrate, autograph=False, reduce_retracing=True)
-    return _TRACED[layer]
+        functions[method] = tf.function(traced, autograph=False, reduce_retracing=True)
+    return functions[method]
 
 
 def layers_of(model: keras.layers.Layer, cls: type[L]) -> list[L]:

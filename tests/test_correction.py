@@ -110,14 +110,18 @@ def test_matrix_midpoint_formula_with_step_size_feature():
 
 
 def test_features_limit_what_the_network_sees_to_the_leading_components():
-    """A state whose trailing components do not drive the dynamics (a flow's log-density): Γ ignores them."""
+    """A state whose trailing components do not drive the dynamics (a flow's log-density): Γ ignores them,
+    places ξ for the leading ones only (the others keep γ₀), and θ̄ averages the leading ones."""
     correction = kt.MidpointCorrection(hidden_units=(4,), base_value=0.3, features=2)
     correction.build((None, 3))
-    correction.network.layers[-1].kernel.assign(np.ones((4, 3), "float32"))
+    correction.network.layers[-1].kernel.assign(np.ones((4, 2), "float32"))
     x = np.array([[0.1, -0.4, 0.0], [0.1, -0.4, 7.0]], "float32")
     gamma = correction(tf.constant(x)).numpy()
     np.testing.assert_array_equal(gamma[0], gamma[1])
-    assert not np.allclose(gamma[0], 0.3)
+    assert not np.allclose(gamma[:, :2], 0.3)
+    np.testing.assert_allclose(gamma[:, 2], 0.3)
+    _, fraction = correction.midpoint(tf.constant(x), tf.ones((2, 3)), 0.1)
+    np.testing.assert_allclose(fraction[:, 0], gamma[:, :2].mean(axis=1), rtol=1e-6)
     assert kt.MidpointCorrection.from_config(correction.get_config()).features == 2
     with pytest.raises(RuntimeError, match="features"):
         correction.set_features(1)
