@@ -2,33 +2,43 @@
 
 Each method learns the same density with the same field f_θ([z, t]) (an MLP,
 tanh), the same data, batches, initial weights, optimizer and steps, and maps
-data x at t = 0 to a standard normal at t = 1, so that
-log p(x) = log N(z(1)) + ∫₀¹ tr(∂f/∂z) dt:
+data x at t = 0 to a standard normal at t = 1:
 
-    tl_node      ContinuousNormalizingFlow: 8 Taylor-Lagrange steps of order 1 with MidpointCorrection (defaults)
-    uncorrected  the same flow without the correction (the Taylor method of degree 2)
-    rk4          the same flow with 8 RK4 steps (method="rk4")
-    ffjord       tfp.bijectors.FFJORD with tfp.math.ode.DormandPrince at rtol = atol = 1e-5 (the FFJORD
-                 paper's setting; gradients by tfp's adjoint), the baseline
+    tl_node@K      ContinuousNormalizingFlow: K Taylor-Lagrange steps of order 1 with MidpointCorrection
+    uncorrected@K  the same flow without the correction (the Taylor method of degree 2)
+    rk4@K          the same flow with K RK4 steps (method="rk4")
+    ffjord         tfp.bijectors.FFJORD with tfp.math.ode.DormandPrince at rtol = atol = 1e-5 (the FFJORD
+                   paper's setting; gradients by tfp's adjoint), the baseline
+
+for each step count K of `--flow-steps` (default 2, 4 and 8; 8 is the
+package's default). A flow's likelihood is the change of variables of its
+steps' map, log N(Φ(x)) + log det ∂Φ/∂x; FFJORD's is the continuous one,
+log N(z(1)) + ∫₀¹ tr(∂f/∂z) dt.
 
 Densities: three 2-D densities generated here (two moons, eight Gaussians, a
 checkerboard), with the exact trace; and scikit-learn's bundled 8x8 digits
 (64 dimensions, dequantised with uniform noise and standardised), with
 Hutchinson's estimator in training for every method (one Rademacher probe per
-sample and solve) and the exact trace in evaluation.
+sample and solve) and the exact change of variables in evaluation.
 
-Reported per density and method: test NLL (nats, and nats per dimension), the
-NLL of the trained field re-evaluated by a tight adaptive solve (DormandPrince
-at 1e-8: a fixed-step likelihood can be optimistic when f_θ co-adapts to its
-step), f-evaluations per training step (FFJORD's include its adjoint), training
-time, and time to accuracy: the training wall-clock at which the test NLL first
-reaches the FFJORD baseline's final test NLL + 0.05 nats. The acceptance gates
-(medians over the seeds): TL-NODE's NLL within 0.05 nats of the baseline's on
-each 2-D density (0.02 nats per dimension on digits) with a time to accuracy
-at least 5x shorter. Plots: each 2-D model's density and samples.
+Reported per density and run: test NLL (nats, and nats per dimension), the
+NLL of the trained field by a tight adaptive solve (DormandPrince at 1e-8, the
+continuous likelihood of the learned f_θ) and the likelihood gap (the tight NLL
+minus the test NLL, a flow's `likelihood_gap`: near 0 when the steps follow
+the field), on the 2-D densities the mass of exp(log p) on a 161² grid over
+[-4, 4]² (1 for a density) and the grid points where a step folds (NaN), the
+round trip max|decode(encode(x)) − x| of the flows, f-evaluations per training
+step (FFJORD's include its adjoint), training time, and time to accuracy: the
+training wall-clock at which the test NLL first reaches the FFJORD baseline's
+final test NLL + 0.05 nats. The acceptance gates (medians over the seeds,
+TL-NODE at the default 8 steps): its NLL within 0.05 nats of the baseline's on
+each 2-D density (0.02 nats per dimension on digits) with a time to accuracy at
+least 5x shorter. Plots: each 2-D model's density and samples (flows at 8 steps).
 
 Usage:
-    python examples/density_estimation.py            # --quick (default): two moons, one seed, under 3 minutes
+    python examples/density_estimation.py            # --quick (default): two moons, one seed, about 5 minutes
+    python examples/density_estimation.py --densities two_moons eight_gaussians checkerboard \
+        --json examples/results/density_estimation_quick.json   # the committed quick results
     python examples/density_estimation.py --full --json examples/results/density_estimation_full.json --out examples/results/
 """
 
@@ -46,12 +56,11 @@ import tensorflow_probability as tfp
 
 import keras_tlnode
 
-METHODS = {
-    "tl_node": "TL-NODE (8 steps, corrected)",
-    "uncorrected": "TL-NODE uncorrected",
-    "rk4": "RK4 (8 steps)",
-    "ffjord": "FFJORD, DormandPrince 1e-5",
-}
+FLOWS = {"tl_node": "TL-NODE, corrected", "uncorrected": "TL-NODE uncorrected", "rk4": "RK4"}
+BASELINE = "ffjord"
+METHODS = [*FLOWS, BASELINE]
+FLOW_STEPS = [2, 4, 8]
+GATED = "tl_node@8"  # the gates compare the package's defaults (8 steps) with the baseline
 DENSITIES = ("two_moons", "eight_gaussians", "checkerboard", "digits")
 BASELINE_TOLERANCE = 1e-5
 TIGHT_TOLERANCE = 1e-8
@@ -71,6 +80,7 @@ MODES = {
         "points": 6,
         "seeds": 1,
         "densities": ["two_moons"],
+        "flow_steps": FLOW_STEPS,
     },
     "full": {
         "train": 20000,
@@ -80,6 +90,7 @@ MODES = {
         "points": 30,
         "seeds": 3,
         "densities": list(DENSITIES),
+        "flow_steps": FLOW_STEPS,
     },
 }
 
@@ -214,23 +225,31 @@ class FFJORDModel(keras.Model):
         return -tf.reduce_mean(y_pred)  # the NLL; `fit(x)` has no targets
 
 
-def build_model(method: str, dimension: int, trace: str, seed: int) -> keras.Model:
-    """The method's model around a fresh field; the same initial weights for every method of a seed."""
+def label(key: str) -> str:
+    """A run's name in tables: "ffjord", or a flow at K steps, "tl_node@K"."""
+    if key == BASELINE:
+        return f"FFJORD, DormandPrince {BASELINE_TOLERANCE:g}"
+    method, steps = key.split("@")
+    return f"{FLOWS[method]} ({steps} steps)"
+
+
+def build_model(key: str, dimension: int, trace: str, seed: int) -> keras.Model:
+    """The model of run `key` around a fresh field; the same initial weights for every run of a seed."""
     keras.utils.set_random_seed(seed)
     field = ConcatField(dimension)
     field.build([(None, dimension), (None, 1)])
-    if method == "ffjord":
+    if key == BASELINE:
         model = FFJORDModel(field, dimension, trace)
         # tfp's adjoint solve does not compile under XLA.
         model.compile(optimizer=keras.optimizers.Adam(LEARNING_RATE), jit_compile=False)
         return model
-    flow = {
-        "tl_node": lambda: keras_tlnode.ContinuousNormalizingFlow(
-            field, trace=trace, correction=keras_tlnode.MidpointCorrection(), seed=seed
-        ),
-        "uncorrected": lambda: keras_tlnode.ContinuousNormalizingFlow(field, trace=trace, seed=seed),
-        "rk4": lambda: keras_tlnode.ContinuousNormalizingFlow(field, trace=trace, method="rk4", seed=seed),
-    }[method]()
+    method, steps = key.split("@")
+    arguments = {
+        "tl_node": {"correction": keras_tlnode.MidpointCorrection()},
+        "uncorrected": {},
+        "rk4": {"method": "rk4"},
+    }[method]
+    flow = keras_tlnode.ContinuousNormalizingFlow(field, num_steps=int(steps), trace=trace, seed=seed, **arguments)
     flow.compile(optimizer=keras.optimizers.Adam(LEARNING_RATE))
     return flow
 
@@ -251,32 +270,49 @@ def nll(model: keras.Model, x: np.ndarray) -> float:
 # --- runs ----------------------------------------------------------------------------------------
 
 
-def run(method: str, density: str, data: tuple, config: dict, seed: int, position: str) -> dict:
-    """Trains one method on one density and seed; its numbers and its curve of test NLL against wall-clock."""
+def run(key: str, density: str, data: tuple, config: dict, seed: int, position: str) -> dict:
+    """Trains one run on one density and seed; its numbers and its curve of test NLL against wall-clock."""
     train, test = data
     dimension = train.shape[1]
     trace = "hutchinson" if density == "digits" else "exact"
-    model = build_model(method, dimension, trace, seed)
+    model = build_model(key, dimension, trace, seed)
     pipeline = tf.data.Dataset.from_tensor_slices(train).shuffle(len(train), seed=seed).batch(config["batch"], True)
     steps_per_epoch = len(train) // config["batch"]
     epochs = math.ceil(config["steps"] / steps_per_epoch)
     log = harness.TrainingLog(
-        f"{position} {density} {METHODS[method]}",
+        f"{position} {density} {label(key)}",
         lambda: nll(model, test),
         every=max(1, config["steps"] // config["points"]),
     )
     model.fit(pipeline.repeat(), steps_per_epoch=steps_per_epoch, epochs=epochs, callbacks=[log], verbose=0)
     final = nll(model, test)
-    nfe = float(model.evaluations.numpy()) / config["steps"] if method == "ffjord" else float(model.flow.nfe)
-    return {
+    flow = key != BASELINE
+    nfe = float(model.flow.nfe) if flow else float(model.evaluations.numpy()) / config["steps"]
+    tight = tight_nll(model.vector_field if flow else model.field, test, dimension)
+    result = {
         "test_nll": final,
         "test_nll_per_dimension": final / dimension,
-        "tight_nll": tight_nll(model.field if method == "ffjord" else model.vector_field, test, dimension),
+        "tight_nll": tight,
+        "likelihood_gap": tight - final,  # mean log p minus the tight one: a flow's `likelihood_gap`
         "nfe_per_training_step": nfe,
         "train_seconds": log.train_seconds,
         "curve": {"seconds": log.seconds, "test_nll": log.errors},
         "model": model,
     }
+    if flow:
+        z, _ = model.encode(test[:512])
+        result["round_trip"] = float(np.max(np.abs(model.decode(z).numpy() - test[:512])))
+        if dimension == 2:
+            result.update(grid_mass(model))
+    return result
+
+
+def grid_mass(flow: keras_tlnode.ContinuousNormalizingFlow) -> dict:
+    """Σ exp(log p) · cell area on a 161² grid over [-4, 4]² (every 2-D density here lies inside), and its folds (NaN)."""
+    edges = np.linspace(-4.0, 4.0, 161)
+    grid = np.stack(np.meshgrid(edges, edges), axis=-1).reshape(-1, 2).astype("float32")
+    log_p = np.concatenate([flow.log_prob(chunk).numpy() for chunk in np.array_split(grid, 8)])
+    return {"mass": float(np.nansum(np.exp(log_p)) * (edges[1] - edges[0]) ** 2), "folds": int(np.isnan(log_p).sum())}
 
 
 def time_to(curve: dict, target: float) -> float | None:
@@ -287,18 +323,18 @@ def time_to(curve: dict, target: float) -> float | None:
     return None
 
 
-def gates(results: dict, methods: list[str]) -> dict:
+def gates(results: dict, keys: list[str]) -> dict:
     """Per density, medians over the seeds: TL-NODE's NLL gap to the baseline and its speed-up to accuracy."""
-    if not {"tl_node", "ffjord"} <= set(methods):
+    if not {GATED, BASELINE} <= set(keys):
         return {}
     report = {}
     for density, seeds in results.items():
         dimension_scale = 64 if density == "digits" else 1
-        gaps = [s["tl_node"]["test_nll"] - s["ffjord"]["test_nll"] for s in seeds]
+        gaps = [s[GATED]["test_nll"] - s[BASELINE]["test_nll"] for s in seeds]
         speedups = []
         for s in seeds:
-            target = s["ffjord"]["test_nll"] + ACCURACY_MARGIN
-            tl, baseline = time_to(s["tl_node"]["curve"], target), time_to(s["ffjord"]["curve"], target)
+            target = s[BASELINE]["test_nll"] + ACCURACY_MARGIN
+            tl, baseline = time_to(s[GATED]["curve"], target), time_to(s[BASELINE]["curve"], target)
             speedups.append(baseline / tl if tl and baseline else 0.0)
         gap = float(np.median(gaps)) / dimension_scale
         limit = GATE_NLL_PER_DIMENSION if density == "digits" else GATE_NLL
@@ -324,7 +360,7 @@ def plot_densities(path: str, density: str, data: np.ndarray, models: dict[str, 
     for column, (method, model) in enumerate(models.items(), 1):
         log_p = model.predict(grid, batch_size=len(grid), verbose=0)
         panels[0][column].imshow(np.exp(log_p).reshape(120, 120), origin="lower", extent=(-3, 3, -3, 3))
-        panels[0][column].set_title(METHODS[method], fontsize=8)
+        panels[0][column].set_title(label(method), fontsize=8)
         if isinstance(model, keras_tlnode.ContinuousNormalizingFlow):
             points = np.asarray(model.sample(2000, seed=0))
         else:
@@ -344,34 +380,42 @@ COLUMNS = [
     ("test_nll", "test NLL (nats)", ".3f"),
     ("test_nll_per_dimension", "NLL / dim", ".4f"),
     ("tight_nll", "NLL, tight solve", ".3f"),
+    ("likelihood_gap", "likelihood gap", "+.3f"),
+    ("mass", "mass", ".4f"),
+    ("folds", "folds", ".0f"),
+    ("round_trip", "round trip", ".0e"),
     ("nfe_per_training_step", "f-evals / step", ".0f"),
     ("train_seconds", "train (s)", ".1f"),
     ("time_to_accuracy", "to accuracy (s)", ""),
 ]
+MEDIANS = [key for key, _, _ in COLUMNS[:-1]]
 
 
-def summarise(seeds: list[dict], methods: list[str]) -> dict[str, dict]:
-    """Medians over the seeds, per method, with the time to the baseline's final NLL + margin."""
+def summarise(seeds: list[dict], keys: list[str]) -> dict[str, dict]:
+    """Medians over the seeds, per run, with the time to the baseline's final NLL + margin."""
     rows = {}
-    for method in methods:
-        row: dict = {key: float(np.median([s[method][key] for s in seeds])) for key, _, _ in COLUMNS[:-1]}
-        row["label"] = METHODS[method]
-        if "ffjord" in methods:
-            times = [time_to(s[method]["curve"], s["ffjord"]["test_nll"] + ACCURACY_MARGIN) for s in seeds]
+    for key in keys:
+        row: dict = {
+            column: float(np.median([s[key][column] for s in seeds])) if column in seeds[0][key] else None
+            for column in MEDIANS
+        }
+        row["label"] = label(key)
+        row["time_to_accuracy"] = "-"
+        if BASELINE in keys:
+            times = [time_to(s[key]["curve"], s[BASELINE]["test_nll"] + ACCURACY_MARGIN) for s in seeds]
             reached = [t for t in times if t is not None]
-            row["time_to_accuracy"] = f"{np.median(reached):.1f} ({len(reached)} of {len(times)})" if reached else "-"
-        else:
-            row["time_to_accuracy"] = "-"
-        rows[method] = row
+            if reached:
+                row["time_to_accuracy"] = f"{np.median(reached):.1f} ({len(reached)} of {len(times)})"
+        rows[key] = row
     return rows
 
 
 def tight_gap(seeds: list[dict]) -> float:
     """Median over the seeds of TL-NODE's tight-solve NLL minus the baseline's: the gap of the learned fields."""
-    return float(np.median([s["tl_node"]["tight_nll"] - s["ffjord"]["tight_nll"] for s in seeds]))
+    return float(np.median([s[GATED]["tight_nll"] - s[BASELINE]["tight_nll"] for s in seeds]))
 
 
-RESULTS = "density_estimation_full.json"
+RESULTS = "density_estimation_quick.json"
 
 
 def summary_block(report: dict) -> str:
@@ -401,25 +445,48 @@ def gates_block(report: dict) -> str:
     return "\n".join(lines)
 
 
-DOC_BLOCKS = {"summary": summary_block, "gates": gates_block}
+def validity_block(report: dict) -> str:
+    """The README's table: per flow run, its mass and likelihood gap on each 2-D density, folds and round trip."""
+    densities = [d for d in report["summary"] if d != "digits"]
+    names = " / ".join(densities)
+    lines = [
+        f"| run | mass ({names}) | likelihood gap, nats ({names}) | folds | round trip |",
+        "| --- | ---: | ---: | ---: | ---: |",
+    ]
+    for key in report["config"]["runs"]:
+        if key == BASELINE:
+            continue
+        rows = [report["summary"][d][key] for d in densities]
+        masses = " / ".join(f"{row['mass']:.3f}" for row in rows)
+        gaps = " / ".join(f"{row['likelihood_gap']:+.3f}" for row in rows)
+        folds = sum(int(row["folds"]) for row in rows)
+        trip = max(row["round_trip"] for row in rows)
+        lines.append(f"| {label(key)} | {masses} | {gaps} | {folds} | {trip:.0e} |")
+    return "\n".join(lines)
+
+
+DOC_BLOCKS = {"summary": summary_block, "gates": gates_block, "validity": validity_block}
 
 
 def main(argv: list[str] | None = None) -> dict:
     parser = harness.example_parser(
         __doc__.splitlines()[0],
-        "two moons, one seed, 120 steps, under 3 minutes",
-        "all densities, 3 seeds, 1000 steps, about 70 minutes",
+        "two moons, one seed, 120 steps, about 5 minutes",
+        "all densities, 3 seeds, 1000 steps, several hours",
     )
     parser.add_argument("--densities", nargs="+", choices=DENSITIES, help="densities to learn (default: by mode)")
-    parser.add_argument("--methods", nargs="+", choices=list(METHODS), default=list(METHODS))
+    parser.add_argument("--methods", nargs="+", choices=METHODS, default=METHODS)
+    parser.add_argument("--flow-steps", nargs="+", type=int, help="the flows' step counts (default: 2 4 8)")
     parser.add_argument("--steps", type=int, help="training steps per run (default: by mode)")
     parser.add_argument("--seeds", type=int, help="seeds per density (default: by mode)")
     args = parser.parse_args(argv)
     harness.check_flags(parser, args, ("steps", "seeds"))
     config = dict(MODES[args.mode])
-    config.update({k: v for k, v in (("steps", args.steps), ("seeds", args.seeds), ("densities", args.densities)) if v})
+    options = {"steps": args.steps, "seeds": args.seeds, "densities": args.densities, "flow_steps": args.flow_steps}
+    config.update({k: v for k, v in options.items() if v})
     # The baseline first: the others' time to accuracy is measured against its final NLL.
-    methods = sorted(args.methods, key=lambda m: m != "ffjord")
+    keys = [BASELINE] if BASELINE in args.methods else []
+    keys += [f"{method}@{steps}" for steps in config["flow_steps"] for method in FLOWS if method in args.methods]
     results: dict[str, list[dict]] = {}
     started = time.perf_counter()
     for density in config["densities"]:
@@ -427,29 +494,26 @@ def main(argv: list[str] | None = None) -> dict:
         for seed in range(args.seed, args.seed + config["seeds"]):
             data = make_data(density, config, seed)
             runs = {}
-            for index, method in enumerate(methods, 1):
-                runs[method] = run(method, density, data, config, seed, f"[{index}/{len(methods)}]")
-                print(
-                    f"  -> test NLL {runs[method]['test_nll']:.3f} in {runs[method]['train_seconds']:.1f} s", flush=True
-                )
+            for index, key in enumerate(keys, 1):
+                runs[key] = run(key, density, data, config, seed, f"[{index}/{len(keys)}]")
+                print(f"  -> test NLL {runs[key]['test_nll']:.3f} in {runs[key]['train_seconds']:.1f} s", flush=True)
             if data[0].shape[1] == 2 and seed == args.seed:
-                plot_densities(
-                    f"{args.out}/density_{density}.png", density, data[0], {m: r["model"] for m, r in runs.items()}
-                )
-            results[density].append({m: {k: v for k, v in r.items() if k != "model"} for m, r in runs.items()})
+                plotted = {k: r["model"] for k, r in runs.items() if k == BASELINE or k.endswith("@8")}
+                plot_densities(f"{args.out}/density_{density}.png", density, data[0], plotted)
+            results[density].append({k: {name: v for name, v in r.items() if name != "model"} for k, r in runs.items()})
         print(f"\n{density} (medians over {config['seeds']} seed(s)):")
-        print(harness.format_table(summarise(results[density], methods), COLUMNS))
+        print(harness.format_table(summarise(results[density], keys), COLUMNS))
     report = {
         "config": {
             **config,
-            "methods": methods,
+            "runs": keys,
             "baseline_tolerance": BASELINE_TOLERANCE,
             "tight_tolerance": TIGHT_TOLERANCE,
         },
         "environment": harness.environment(),
         "results": results,
-        "summary": {density: summarise(seeds, methods) for density, seeds in results.items()},
-        "gates": gates(results, methods),
+        "summary": {density: summarise(seeds, keys) for density, seeds in results.items()},
+        "gates": gates(results, keys),
         "seconds": time.perf_counter() - started,
     }
     for density, gate in report["gates"].items():

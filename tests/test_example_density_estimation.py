@@ -41,12 +41,14 @@ def test_digits_are_dequantised_and_standardised(example):
 
 
 class Linear(keras.layers.Layer):
-    """dz/dt = A z."""
+    """dz/dt = A z (contracting by default: A = [[-0.5, 1], [-1, -0.3]])."""
+
+    def __init__(self, kernel=((-0.5, -1.0), (1.0, -0.3)), **kwargs):
+        super().__init__(**kwargs)
+        self.initial = np.array(kernel)
 
     def build(self, input_shape):
-        self.kernel = self.add_weight(
-            shape=(2, 2), initializer=keras.initializers.Constant(np.array([[-0.5, -1.0], [1.0, -0.3]]))
-        )
+        self.kernel = self.add_weight(shape=(2, 2), initializer=keras.initializers.Constant(self.initial))
 
     def call(self, inputs):
         z, _ = inputs
@@ -84,9 +86,9 @@ def run_result(nll: float, tight: float, reaches_at: float) -> dict:
 
 def test_gates_and_their_docs_tables(example):
     """Medians over seeds; the NLL gap per dimension on digits; no speed-up where TL-NODE never gets there."""
-    methods = ["ffjord", "tl_node"]
-    moons = [{"ffjord": run_result(2.0, 2.0, 10.0), "tl_node": run_result(2.01, 2.2, 1.0)} for _ in range(3)]
-    digits = [{"ffjord": run_result(60.0, 60.0, 10.0), "tl_node": run_result(62.56, 63.2, 1.0)} for _ in range(3)]
+    methods = ["ffjord", "tl_node@8"]
+    moons = [{"ffjord": run_result(2.0, 2.0, 10.0), "tl_node@8": run_result(2.01, 2.2, 1.0)} for _ in range(3)]
+    digits = [{"ffjord": run_result(60.0, 60.0, 10.0), "tl_node@8": run_result(62.56, 63.2, 1.0)} for _ in range(3)]
     results = {"two_moons": moons, "digits": digits}
     gates = example.gates(results, methods)
     assert gates["two_moons"]["nll_gap"] == pytest.approx(0.01)
@@ -103,5 +105,20 @@ def test_gates_and_their_docs_tables(example):
     assert table[2] == "| two_moons | +0.010 nats | 0.05 nats | 10.0x | 5x | holds | +0.200 nats |"
     assert table[3] == "| digits | +0.040 nats/dim | 0.02 nats/dim | 0.0x | 5x | fails | +0.050 nats/dim |"
     summary = example.summary_block(report)
-    assert summary.count("(medians over 3 seeds)") == 2 and "| TL-NODE (8 steps, corrected) | 2.010 |" in summary
-    assert example.gates({"two_moons": moons}, ["tl_node", "rk4"]) == {}  # no baseline, no gate
+    assert summary.count("(medians over 3 seeds)") == 2 and "| TL-NODE, corrected (8 steps) | 2.010 |" in summary
+    assert example.gates({"two_moons": moons}, ["tl_node@8", "rk4@8"]) == {}  # no baseline, no gate
+
+
+def test_run_keys_name_the_method_and_its_step_count(example):
+    assert example.label("rk4@2") == "RK4 (2 steps)" and example.label("ffjord") == "FFJORD, DormandPrince 1e-05"
+    flow = example.build_model("uncorrected@4", 2, "exact", seed=0)
+    assert flow.num_steps == 4 and flow.correction is None and flow.method == "taylor_lagrange"
+
+
+def test_grid_mass_of_a_known_density(example):
+    """An expanding linear flow's density is a narrow Gaussian, N(0, (P⁸)⁻¹(P⁸)⁻ᵀ) with P ≈ e^{A/8}, tr A = 0.8:
+    its mass on [-4, 4]² (beyond 5 standard deviations) is 1 to the grid's error."""
+    flow = kt.ContinuousNormalizingFlow(Linear(((0.5, -1.0), (1.0, 0.3))), method="rk4")
+    flow.log_prob(np.zeros((1, 2), "float32"))
+    measured = example.grid_mass(flow)
+    assert measured["folds"] == 0 and measured["mass"] == pytest.approx(1.0, abs=1e-3)
