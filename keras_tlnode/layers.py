@@ -210,10 +210,10 @@ class StepwiseODE(ODELayer):
         tangents per step), NaN where a step's determinant is ≤ 0 (the map
         folds there and is not one-to-one). With it, log N(Φ(x)) + log det
         ∂Φ/∂x is a probability density of x whatever the step's error.
-        `fold` `(batch,)` is Σ_k of a barrier on each step's determinant
-        (`volume.fold_barrier`): zero where every step keeps it above 0.1,
-        steep towards 0 and finite beyond, a penalty that keeps training away
-        from folds.
+        `fold` `(batch,)` is, in training, Σ_k of a barrier on each step's
+        determinant (`volume.fold_barrier`): zero where every step keeps it
+        above 0.1, steep towards 0 and finite beyond, a penalty that keeps
+        training away from folds; outside training, zeros (not computed).
         """
         self._check_inputs(x)
         if x.shape.rank != 2 or self.return_trajectory:
@@ -239,21 +239,25 @@ class StepwiseODE(ODELayer):
         self, inputs: tf.Tensor | list, x: tf.Tensor, step_size: tf.Tensor | None, training: bool | None, log_det: bool
     ) -> tf.Tensor:
         """The output of the rollout from `x` (`inputs` as the layer received them), with [·, log det] if `log_det`."""
-        return self._rollout(x, step_size, penalise=False, log_det=log_det)[0]
+        return self._rollout(x, step_size, False, log_det, barrier=log_det and bool(training))[0]
 
     def _rollout(
-        self, x: tf.Tensor, step_size: tf.Tensor | None, penalise: bool, log_det: bool = False
+        self, x: tf.Tensor, step_size: tf.Tensor | None, penalise: bool, log_det: bool = False, barrier: bool = False
     ) -> tuple[tf.Tensor, tf.Tensor]:
-        """`(output states, Σ_k mean|R_k| if penalise)` of the rollout from `x`."""
+        """`(output states, Σ_k mean|R_k| if penalise)` of the rollout from `x` (see `_integrate`)."""
         integrate = _traced(self, "_integrate") if tf.executing_eagerly() else self._integrate
-        return integrate(x, step_size, penalise, log_det)
+        return integrate(x, step_size, penalise, log_det, barrier)
 
     def _integrate(
-        self, x: tf.Tensor, step_size: tf.Tensor | None, penalise: bool, log_det: bool = False
+        self, x: tf.Tensor, step_size: tf.Tensor | None, penalise: bool, log_det: bool = False, barrier: bool = False
     ) -> tuple[tf.Tensor, tf.Tensor]:
+        """The rollout; with `log_det`, of [x, Δ, F] (`volume.with_log_det`), F accumulated only with `barrier`."""
         step = self._step_fn(step_size)
         if log_det:
-            step, x = with_log_det(step), tf.concat([x, tf.zeros(tf.stack([tf.shape(x)[0], 2]), x.dtype)], axis=-1)
+            step, x = (
+                with_log_det(step, barrier),
+                tf.concat([x, tf.zeros(tf.stack([tf.shape(x)[0], 2]), x.dtype)], axis=-1),
+            )
         return rollout(step, x, self.num_steps, self.return_trajectory, sum_remainders=penalise)
 
     def _invert(self, y: tf.Tensor) -> tf.Tensor:
@@ -494,7 +498,7 @@ class TaylorLagrangeODE(StepwiseODE):
     ) -> tf.Tensor:
         # In training, the remainder penalty joins the loss and the call is recorded for the correction phase.
         penalise = bool(training) and self.remainder_weight > 0
-        states, remainder = self._rollout(x, step_size, penalise, log_det)
+        states, remainder = self._rollout(x, step_size, penalise, log_det, barrier=log_det and bool(training))
         penalty = self.remainder_weight * remainder if penalise else None
         if penalty is not None and penalty.dtype.size < 4:
             # Under mixed precision Keras sums the losses in float32.

@@ -46,22 +46,23 @@ def step_jacobian(step: StepFn, z: tf.Tensor, k: tf.Tensor) -> tuple[tf.Tensor, 
     return tf.gather(following, first), jacobian, tf.gather(remainder, first)
 
 
-def with_log_det(step: StepFn) -> StepFn:
+def with_log_det(step: StepFn, barrier: bool) -> StepFn:
     """`step` on the flat state [z, Δ, F]: z ↦ S(z), Δ ↦ Δ + log det ∂S/∂z, F ↦ F + fold_barrier(det ∂S/∂z).
 
     Δ is NaN where a determinant is ≤ 0 (the step folds: no density there); F,
     finite everywhere, measures how close the steps come to folding, so that
-    training can keep them away from it.
+    training can keep them away from it. Without `barrier` (inference) F stays
+    0: the inference path does no training-only work.
     """
 
     def augmented(state: tf.Tensor, k: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-        z, total, barrier = state[:, :-2], state[:, -2:-1], state[:, -1:]
+        z, total, shortfall = state[:, :-2], state[:, -2:-1], state[:, -1:]
         following, jacobian, remainder = step_jacobian(step, z, k)
         sign, log_abs = tf.linalg.slogdet(jacobian)
         log_det = tf.where(sign > 0, log_abs, tf.constant(float("nan"), log_abs.dtype))
-        next_state = tf.concat(
-            [following, total + log_det[:, None], barrier + fold_barrier(sign, log_abs)[:, None]], -1
-        )
+        if barrier:
+            shortfall += fold_barrier(sign, log_abs)[:, None]
+        next_state = tf.concat([following, total + log_det[:, None], shortfall], -1)
         return next_state, remainder
 
     return augmented

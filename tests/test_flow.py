@@ -419,6 +419,12 @@ def test_bijector_view_composes_with_a_tfp_transformed_distribution(trained):
         (lambda: kt.ContinuousNormalizingFlow(SquareField(), trace="probes"), ValueError, "trace"),
         (lambda: kt.ContinuousNormalizingFlow(SquareField(), seed="one"), TypeError, "seed"),
         (lambda: kt.ContinuousNormalizingFlow(SquareField(), num_steps=0), ValueError, "num_steps"),
+        (lambda: kt.ContinuousNormalizingFlow(SquareField(), fold_weight=-1.0), ValueError, "fold_weight"),
+        (
+            lambda: kt.ContinuousNormalizingFlow(SquareField()).continuous_log_prob(np.zeros((2, 2)), 0.0),
+            ValueError,
+            "tolerance",
+        ),
         (
             lambda: kt.ContinuousNormalizingFlow(SquareField()).log_prob(np.zeros((2, 2), "int32")),
             TypeError,
