@@ -299,11 +299,12 @@ def _four_blobs(n: int, seed: int = 0) -> np.ndarray:
 
 # Densities with empty space between their data (the ring's hole, the gaps between blobs), where
 # maximising the likelihood squeezes the steps' volume: at 2 steps, with the fold penalty's earlier
-# linear form, the ring's flow folded in its hole (17 of 81² grid points NaN). Every method at 2 and
-# 4 steps; at the default 8 steps, the `trained` flow (two blobs) below.
+# linear form, the ring's flow folded in its hole (17 of 81² grid points NaN). Every method at 2, 4
+# and the default 8 steps, on three densities.
 COARSE = {
     "ring, 2 steps": (_ring, 2),
     "four blobs, 4 steps": (_four_blobs, 4),
+    "two blobs, 8 steps": (_two_blobs, 8),
 }
 COARSE_METHODS = {
     "uncorrected": lambda: {},
