@@ -18,7 +18,6 @@ import tensorflow as tf
 from keras_tlnode.compat import Functional, MultiWorkerFit, loss_tracker, multi_worker_logs
 from keras_tlnode.layers import TaylorLagrangeODE, layers_of
 from keras_tlnode.recording import RecordedCalls, recorded_calls
-from keras_tlnode.rollout import rollout
 from keras_tlnode.teacher import DormandPrinceTeacher
 from keras_tlnode.validation import check_instance, check_int, check_optional_int
 
@@ -284,8 +283,6 @@ class TLNODEModel(MultiWorkerFit, keras.Model):
         context = tf.distribute.get_replica_context()
         failures = context.all_reduce(tf.distribute.ReduceOp.SUM, tf.cast(tf.logical_not(ok), tf.float32))
         solved = tf.logical_and(due, tf.equal(failures, 0.0))
-        apply = solved
-        first_loss = None
         # Traced once and called once per update: each trace of the Taylor-Lagrange
         # step and its gradient costs about as much as the rest of the phase, and
         # each trace of the optimizer's update about a quarter of it.
@@ -300,7 +297,9 @@ class TLNODEModel(MultiWorkerFit, keras.Model):
             # A distribution strategy lifts a function called per replica out of the
             # conditional branch that calls it, with captures from the first branch only.
             correction_update = tf.function(correction_update, autograph=False)
-        for _ in range(self.correction_steps):
+
+        def update(apply: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+            """One update of Γ_φ if `apply`; whether the next may run, and this one's loss."""
             loss, gradients = tf.cond(
                 apply,
                 lambda: correction_gradients(targets),
@@ -311,8 +310,29 @@ class TLNODEModel(MultiWorkerFit, keras.Model):
             apply = tf.logical_and(apply, tf.equal(bad, 0.0))
             gradients = [tf.where(apply, g, tf.zeros_like(g)) for g in gradients]
             context.merge_call(self._apply_corrections, args=(apply, gradients, correction_update))
-            # The loss before any update: what the teacher found at this step.
-            first_loss = loss if first_loss is None else first_loss
+            return apply, loss
+
+        # The loss before any update: what the teacher found at this step.
+        if tf.distribute.has_strategy():
+            # Unrolled: under a strategy each update's reductions must sit outside control flow.
+            apply, first_loss = update(solved)
+            for _ in range(self.correction_steps - 1):
+                apply, _ = update(apply)
+        else:
+            # One copy of the update in the graph, run only while the updates apply: the
+            # unrolled copies, run as no-ops at every step between phases, cost about a
+            # second of the first fit (Grappler) and ~0.4 ms of every step (measured at
+            # the small size of examples/cost.py).
+            def body(k: tf.Tensor, apply: tf.Tensor, first_loss: tf.Tensor) -> tuple:
+                apply, loss = update(apply)
+                return k + 1, apply, tf.where(tf.equal(k, 0), loss, first_loss)
+
+            _, _, first_loss = tf.while_loop(
+                lambda k, apply, _: tf.logical_and(k < self.correction_steps, apply),
+                body,
+                (tf.constant(0), solved, tf.zeros(())),
+                maximum_iterations=self.correction_steps,
+            )
 
         # A skipped solve's loss may be NaN, which a zero sample weight would not keep out of the mean.
         logged = tf.logical_and(solved, tf.math.is_finite(first_loss))
@@ -481,16 +501,7 @@ class _CorrectionProblem(NamedTuple):
 
     def loss(self, target: tf.Tensor) -> tf.Tensor:
         """Mean squared gap between the layer's step from `states`, at full correction, and `target`."""
-        # One step, but through the rollout's while loop: outside a loop, XLA's
-        # constant analysis of the nested JVPs turned the inputs and weights into
-        # compile-time constants and recompiled on every step before the Taylor
-        # engine's forward-mode rules (jvp_rules.py); the loop costs nothing.
-        prediction, _ = rollout(
-            lambda s, k: self.layer.step(s, self.times, apply_trust=False, step_size=self.sizes),
-            self.states,
-            1,
-            return_trajectory=False,
-        )
+        prediction, _ = self.layer.step(self.states, self.times, apply_trust=False, step_size=self.sizes)
         # In float32 at least: float16 squares of small gaps underflow.
         gap = tf.cast(prediction - target, tf.float32) if prediction.dtype == tf.float16 else prediction - target
         return tf.reduce_mean(tf.square(gap))

@@ -40,14 +40,20 @@ CHILD = textwrap.dedent(
 
     def model(order, kind):
         keras.utils.set_random_seed(order)
+        compiled = {}
         if kind == "forced":
             ode = kt.TaylorLagrangeODE(Forced(), order=order, num_steps=2, duration=0.2, time_dependent=True)
+        elif kind == "corrected":  # TLNODEModel's correction phase (teacher, Γ updates) at every other step
+            field = keras.Sequential([keras.layers.Dense(8, activation="tanh"), keras.layers.Dense(2)])
+            correction = kt.MidpointCorrection(hidden_units=(8,))
+            ode = kt.TaylorLagrangeODE(field, order=order, num_steps=2, duration=0.2, correction=correction)
+            compiled = {"correction_every": 2}
         else:
             field = keras.Sequential([keras.layers.Dense(8, activation=kind), keras.layers.Dense(2)])
             ode = kt.TaylorLagrangeODE(field, order=order, num_steps=2, duration=0.2)
         inputs = keras.Input((2,))
-        tlnode = keras.Model(inputs, ode(inputs))
-        tlnode.compile(optimizer="adam", loss="mse", jit_compile=True)
+        tlnode = (kt.TLNODEModel if compiled else keras.Model)(inputs, ode(inputs))
+        tlnode.compile(optimizer="adam", loss="mse", jit_compile=True, **compiled)
         return tlnode
 
     steps = int(sys.argv[1])
@@ -58,6 +64,8 @@ CHILD = textwrap.dedent(
         print("CASE", case, flush=True)
         print("CASE", case, file=sys.stderr, flush=True)  # marks where its compilations start
         tlnode.fit(x, np.tanh(x), batch_size=16, epochs=1, verbose=0)
+        if isinstance(tlnode, kt.TLNODEModel):  # the phase ran and fitted Γ_φ
+            assert float(tlnode.get_metrics_result()["correction_loss"]) > 0
         tlnode.predict(x + 1, batch_size=16, verbose=0)
         sys.stderr.flush()
         print("DONE", case, flush=True)
@@ -87,8 +95,9 @@ def compilations(cases: list[str]) -> dict[str, collections.Counter]:
 
 ORDERS = (2, 3)
 # Each order meets two of the three fields, and each field an order: the time-dependent field, which
-# concatenates, at both (the case that recompiled); tanh at order 2 and GELU (erf's rule) at order 3.
-KINDS = {2: ("tanh", "forced"), 3: ("gelu", "forced")}
+# concatenates, at both (the case that recompiled); tanh at order 2 and GELU (erf's rule) at order 3;
+# and a corrected TLNODEModel, whose correction phase steps from the teacher's states, at order 2.
+KINDS = {2: ("tanh", "forced", "corrected"), 3: ("gelu", "forced")}
 
 
 @pytest.fixture(scope="module")
