@@ -199,11 +199,34 @@ def _concat_gradient(op: tf.Operation, grad: tf.Tensor) -> list:
         sizes = [v.shape[axis] if v.shape[axis] is not None else tf.shape(v)[axis] for v in values]
         if any(isinstance(size, tf.Tensor) for size in sizes):
             sizes = tf.stack(sizes)
-    return [*tf.split(grad, sizes, axis=axis), None]
+    # Differentiated again (a flow's step Jacobian, then training), the split's own
+    # gradient must keep its axis a constant of its graph too.
+    with tf.compat.v1.get_default_graph().gradient_override_map(GRADIENT_OVERRIDES):
+        return [*tf.split(grad, sizes, axis=axis), None]
 
 
-# Ops whose gradient inside the traced pass is the package's (`Graph.gradient_override_map`).
-GRADIENT_OVERRIDES = {"ConcatV2": "KerasTLNodeConcatV2"}
+@tf.RegisterGradient("KerasTLNodeSplitV")
+def _split_gradient(op: tf.Operation, *grads: tf.Tensor) -> list:
+    """SplitV's gradient (a concat of the output gradients) with the axis a constant of the gradient's own graph.
+
+    TensorFlow's own passes the forward op's axis tensor to the concat; in the
+    gradient of a gradient of the traced pass that tensor crosses a function
+    boundary, and XLA cannot treat it as the compile-time constant ConcatV2 needs.
+    """
+    value, static_axis = op.inputs[0], tf.get_static_value(op.inputs[2])
+    rank = value.shape.rank
+    if static_axis is None or rank is None:  # TensorFlow's way, in graph only
+        axis: int | tf.Tensor = op.inputs[2]
+    else:
+        axis = int(static_axis) % rank
+    dense = [tf.zeros_like(output) if g is None else g for g, output in zip(grads, op.outputs, strict=True)]
+    with tf.compat.v1.get_default_graph().gradient_override_map(GRADIENT_OVERRIDES):
+        return [tf.concat(dense, axis=axis), None, None]
+
+
+# Ops whose gradient inside the traced pass is the package's (`Graph.gradient_override_map`);
+# each override creates its gradient's ops under the same map, so any order of differentiation keeps them.
+GRADIENT_OVERRIDES = {"ConcatV2": "KerasTLNodeConcatV2", "SplitV": "KerasTLNodeSplitV"}
 
 
 def _jvp(

@@ -15,8 +15,10 @@ from __future__ import annotations
 
 import contextlib
 import os
+import threading
 import traceback
 from collections.abc import Callable
+from typing import TypeVar
 
 import keras
 import tensorflow as tf
@@ -38,6 +40,7 @@ GUARANTEED_ORDER = 3
 _NESTED_FORWARD_ERRORS = (ValueError, TypeError, IndexError, SystemError, tf.errors.OpError)
 
 VectorField = Callable[..., tf.Tensor]
+T = TypeVar("T")
 
 
 def taylor_coefficients(fn: VectorField, x: tf.Tensor, order: int, t: tf.Tensor | None = None) -> tf.Tensor:
@@ -81,18 +84,40 @@ def taylor_coefficients(fn: VectorField, x: tf.Tensor, order: int, t: tf.Tensor 
     # The pass always runs as its own function call, for two TensorFlow bugs:
     # nested forward mode is wrong eagerly (tensorflow#127753), and a GradientTape
     # recording it op by op inside a graph returns wrong gradients from order 2
-    # on; the gradient of a function call, built from its graph, is right. A
-    # fresh tf.function per call holds no reference to `fn` after it returns.
-    # The pass is traced with the package's forward-mode rules (jvp_rules.py):
-    # without them, depth 4 fails for an unknown batch size and XLA compiles
-    # again at every call from depth 2.
-    with rules_inlined():
-        return tf.function(_nested_pass, autograph=False)(fn, x, order, t)
-
-
-def _nested_pass(fn: VectorField, x: tf.Tensor, order: int, t: tf.Tensor | None) -> tf.Tensor:
-    with tf.compat.v1.get_default_graph().gradient_override_map(GRADIENT_OVERRIDES):
+    # on; the gradient of a function call, built from its graph, is right.
+    # Inside another such call (`traced_pass`), it runs inline: that call's
+    # graph then holds its ops, which an enclosing forward mode differentiates
+    # with the rules too.
+    if getattr(_TRACING, "inside", False):
         return _accumulate(fn, x, order, t)
+    return traced_pass(_accumulate, fn, x, order, t)
+
+
+_TRACING = threading.local()
+
+
+def traced_pass(body: Callable[..., T], *args: object) -> T:
+    """`body(*args)` as a function call of its own, traced with the package's forward-mode rules.
+
+    The rules (jvp_rules.py) are emitted inline and ConcatV2 and SplitV take the
+    package's gradients (`GRADIENT_OVERRIDES`): without them, depth 4 fails for
+    an unknown batch size and XLA compiles again at every call from depth 2, or
+    cannot compile the gradient of a JVP at all. Taylor passes inside `body`
+    run inline, so a forward mode around them (a flow's step Jacobian) sees
+    their ops rather than a call. A fresh tf.function per call holds no
+    reference to `body` or `args` after it returns.
+    """
+
+    def _traced_pass(*args: object) -> T:
+        with tf.compat.v1.get_default_graph().gradient_override_map(GRADIENT_OVERRIDES):
+            outer, _TRACING.inside = getattr(_TRACING, "inside", False), True
+            try:
+                return body(*args)
+            finally:
+                _TRACING.inside = outer
+
+    with rules_inlined():
+        return tf.function(_traced_pass, autograph=False)(*args)
 
 
 def _accumulate(fn: VectorField, x: tf.Tensor, order: int, t: tf.Tensor | None) -> tf.Tensor:

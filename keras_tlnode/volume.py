@@ -20,6 +20,8 @@ from collections.abc import Callable
 
 import tensorflow as tf
 
+from keras_tlnode.taylor import traced_pass
+
 # step(states, k) -> (next states, remainder), as `rollout` takes it.
 StepFn = Callable[[tf.Tensor, tf.Tensor], tuple[tf.Tensor, tf.Tensor]]
 
@@ -32,18 +34,31 @@ FOLD_BARRIER_REACH = 1e-3  # the barrier is logarithmic from FOLD_FLOOR down to 
 
 
 def step_jacobian(step: StepFn, z: tf.Tensor, k: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
-    """`(S(z), ∂S/∂z, remainder)` of one step from flat states `z` `(batch, d)`; the Jacobian `(batch, d, d)`."""
+    """`(S(z), (∂S/∂z)ᵀ, remainder)` of one step from flat states `z` `(batch, d)`; the Jacobian `(batch, d, d)`
+    transposed (row i is ∂S/∂z e_i), as it comes from the tangents. Its determinant is the Jacobian's.
+
+    The step and its d tangents run in one traced pass (`taylor.traced_pass`):
+    the step's Taylor passes run inline there, so that the tangents use the
+    package's forward-mode rules through them and the gradient of it all
+    (training) compiles under XLA. The reshapes stay outside that pass, and no
+    transpose is taken: inside it, their gradients would take shapes and
+    permutations across a function boundary, which XLA cannot compile.
+    """
     d = z.shape[-1]
-    batch = tf.shape(z)[0]
-    basis = tf.tile(tf.eye(d, dtype=z.dtype), tf.stack([batch, 1]))
-    repeated = tf.repeat(z, d, axis=0)
-    with tf.autodiff.ForwardAccumulator(repeated, basis) as accumulator:
-        following, remainder = step(repeated, k)
-    columns = accumulator.jvp(following, unconnected_gradients=tf.UnconnectedGradients.ZERO)
-    # Row (b, i) of `columns` is ∂S/∂z e_i, column i of sample b's Jacobian.
-    jacobian = tf.linalg.matrix_transpose(tf.reshape(columns, tf.stack([batch, d, d])))
-    first = tf.range(batch) * d  # every copy of a sample steps to the same point
-    return tf.gather(following, first), jacobian, tf.gather(remainder, first)
+    # Each sample d times, copy i pushed along e_i; tiled by constant multiples (`tf.repeat` of
+    # a batch unknown at trace time computes its multiples, and XLA cannot compile their gradient).
+    repeated = tf.reshape(tf.tile(z[:, None, :], [1, d, 1]), [-1, d])
+    basis = tf.reshape(tf.tile(tf.eye(d, dtype=z.dtype)[None], tf.stack([tf.shape(z)[0], 1, 1])), [-1, d])
+    following, columns, remainder = traced_pass(_tangents, step, repeated, basis, k)
+    # Every copy of a sample steps to the same point: the first copy's.
+    return following[::d], tf.reshape(columns, [-1, d, d]), remainder[::d]
+
+
+def _tangents(step: StepFn, z: tf.Tensor, tangents: tf.Tensor, k: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+    """`(S(z), ∂S/∂z · tangents, remainder)`: the step and its directional derivatives, row by row."""
+    with tf.autodiff.ForwardAccumulator(z, tangents) as accumulator:
+        following, remainder = step(z, k)
+    return following, accumulator.jvp(following, unconnected_gradients=tf.UnconnectedGradients.ZERO), remainder
 
 
 def with_log_det(step: StepFn, barrier: bool) -> StepFn:
@@ -57,8 +72,8 @@ def with_log_det(step: StepFn, barrier: bool) -> StepFn:
 
     def augmented(state: tf.Tensor, k: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
         z, total, shortfall = state[:, :-2], state[:, -2:-1], state[:, -1:]
-        following, jacobian, remainder = step_jacobian(step, z, k)
-        sign, log_abs = tf.linalg.slogdet(jacobian)
+        following, transposed, remainder = step_jacobian(step, z, k)
+        sign, log_abs = slogdet(transposed)
         log_det = tf.where(sign > 0, log_abs, tf.constant(float("nan"), log_abs.dtype))
         if barrier:
             shortfall += fold_barrier(sign, log_abs)[:, None]
@@ -66,6 +81,33 @@ def with_log_det(step: StepFn, barrier: bool) -> StepFn:
         return next_state, remainder
 
     return augmented
+
+
+def slogdet(matrices: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+    """`(sign, log|det|)` of a batch of square matrices `(batch, d, d)`, d known at trace time, as `tf.linalg.slogdet`.
+
+    By Gaussian elimination with partial pivoting, in ops XLA compiles: TensorFlow's
+    `slogdet` (and `det`, `lu`) has no XLA kernel, and a flow compiled with
+    `jit_compile=True` failed on it. Eliminated column by column, unrolled (d
+    steps of O(d²) work per matrix); the sign is 0 (log|det| = -inf) for a singular matrix.
+    """
+    d = matrices.shape[-1]
+    rows = tf.range(d)
+    one = tf.ones_like(matrices[:, 0, 0])
+    sign, log_abs = one, tf.zeros_like(one)
+    for k in range(d):
+        column = tf.abs(matrices[:, :, k])
+        pivot_row = tf.argmax(tf.where(rows >= k, column, -tf.ones_like(column)), axis=-1, output_type=tf.int32)
+        swapped = tf.where(rows == k, pivot_row[:, None], tf.where(rows == pivot_row[:, None], k, rows))
+        matrices = tf.gather(matrices, swapped, batch_dims=1)
+        pivot = matrices[:, k, k]
+        sign *= tf.where(pivot_row == k, one, -one) * tf.sign(pivot)
+        log_abs += tf.math.log(tf.abs(pivot))
+        if k + 1 < d:
+            factors = matrices[:, :, k] / tf.where(pivot == 0, one, pivot)[:, None]
+            factors = tf.where(rows > k, factors, tf.zeros_like(factors))
+            matrices -= factors[:, :, None] * matrices[:, k : k + 1, :]
+    return sign, log_abs
 
 
 def fold_barrier(sign: tf.Tensor, log_abs: tf.Tensor) -> tf.Tensor:
@@ -96,27 +138,27 @@ def invert_step(step: StepFn, y: tf.Tensor, k: tf.Tensor, tolerance: float | tf.
     """
 
     def linearised(z: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
-        following, jacobian, _ = step_jacobian(step, z, k)
+        following, transposed, _ = step_jacobian(step, z, k)
         residual = following - y
-        return residual, tf.reduce_max(tf.abs(residual), axis=-1), jacobian
+        return residual, tf.reduce_max(tf.abs(residual), axis=-1), transposed
 
     def active(damping: tf.Tensor, size: tf.Tensor) -> tf.Tensor:
         return (size > tolerance) & (damping > 1e-6)
 
-    def unconverged(z, residual, size, jacobian, damping) -> tf.Tensor:
+    def unconverged(z, residual, size, transposed, damping) -> tf.Tensor:
         return tf.reduce_any(active(damping, size))
 
-    def newton(z, residual, size, jacobian, damping):
+    def newton(z, residual, size, transposed, damping):
         moving = active(damping, size)
-        direction = tf.linalg.solve(jacobian, residual[..., None])[..., 0]
+        direction = tf.linalg.solve(transposed, residual[..., None], adjoint=True)[..., 0]
         candidate = z - damping[:, None] * direction
-        candidate_residual, candidate_size, candidate_jacobian = linearised(candidate)
+        candidate_residual, candidate_size, candidate_transposed = linearised(candidate)
         better = moving & (candidate_size < size)
         return (
             tf.where(better[:, None], candidate, z),
             tf.where(better[:, None], candidate_residual, residual),
             tf.where(better, candidate_size, size),
-            tf.where(better[:, None, None], candidate_jacobian, jacobian),
+            tf.where(better[:, None, None], candidate_transposed, transposed),
             tf.where(better, tf.minimum(2 * damping, 1.0), tf.where(moving, damping / 2, damping)),
         )
 

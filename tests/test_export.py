@@ -465,7 +465,7 @@ def test_exported_graph_holds_only_the_inference_path(name, exported):
     # The inference path is there: the rollout loop, the field, its weights,
     # and the nested Taylor pass as a function call of its own.
     assert {"While", "MatMul", "Tanh", "ReadVariableOp", "StatefulPartitionedCall"} <= set(found["ops"])
-    assert any("_nested_pass" in function for function in found["functions"])
+    assert any("_traced_pass" in function for function in found["functions"])
 
 
 def test_graph_walk_finds_the_teacher_in_the_training_step(exported):

@@ -43,6 +43,10 @@ CHILD = textwrap.dedent(
         compiled = {}
         if kind == "forced":
             ode = kt.TaylorLagrangeODE(Forced(), order=order, num_steps=2, duration=0.2, time_dependent=True)
+        elif kind == "flow":  # a ContinuousNormalizingFlow: the steps' log-determinants, the fold barrier
+            flow = kt.ContinuousNormalizingFlow(Forced(), num_steps=2, correction=kt.MidpointCorrection(hidden_units=(8,)))
+            flow.compile(optimizer="adam", jit_compile=True, correction_every=2)
+            return flow
         elif kind == "corrected":  # TLNODEModel's correction phase (teacher, Γ updates) at every other step
             field = keras.Sequential([keras.layers.Dense(8, activation="tanh"), keras.layers.Dense(2)])
             correction = kt.MidpointCorrection(hidden_units=(8,))
@@ -63,7 +67,8 @@ CHILD = textwrap.dedent(
         x = np.random.default_rng(0).uniform(-1, 1, (16 * steps, 2)).astype("float32")
         print("CASE", case, flush=True)
         print("CASE", case, file=sys.stderr, flush=True)  # marks where its compilations start
-        tlnode.fit(x, np.tanh(x), batch_size=16, epochs=1, verbose=0)
+        flow = isinstance(tlnode, kt.ContinuousNormalizingFlow)
+        tlnode.fit(x, None if flow else np.tanh(x), batch_size=16, epochs=1, verbose=0)
         if isinstance(tlnode, kt.TLNODEModel):  # the phase ran and fitted Γ_φ
             assert float(tlnode.get_metrics_result()["correction_loss"]) > 0
         tlnode.predict(x + 1, batch_size=16, verbose=0)
@@ -93,11 +98,12 @@ def compilations(cases: list[str]) -> dict[str, collections.Counter]:
     return counts
 
 
-ORDERS = (2, 3)
+ORDERS = (1, 2, 3)
 # Each order meets two of the three fields, and each field an order: the time-dependent field, which
 # concatenates, at both (the case that recompiled); tanh at order 2 and GELU (erf's rule) at order 3;
-# and a corrected TLNODEModel, whose correction phase steps from the teacher's states, at order 2.
-KINDS = {2: ("tanh", "forced", "corrected"), 3: ("gelu", "forced")}
+# a corrected TLNODEModel, whose correction phase steps from the teacher's states, at order 2; and a
+# corrected flow (the time-dependent field, the steps' exact log-determinants) at its default order 1.
+KINDS = {1: ("flow",), 2: ("tanh", "forced", "corrected"), 3: ("gelu", "forced")}
 
 
 @pytest.fixture(scope="module")
