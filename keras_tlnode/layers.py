@@ -208,13 +208,16 @@ class StepwiseODE(ODELayer):
         log det ∂Φ/∂x `(batch,)` is the sum over the steps of each step's
         exact log-determinant (keras_tlnode/volume.py: d forward-mode
         tangents per step), NaN where a step's determinant is ≤ 0 (the map
-        folds there and is not one-to-one). With it, log N(Φ(x)) + log det
-        ∂Φ/∂x is a probability density of x whatever the step's error.
+        folds there and is not one-to-one; in training, Σ_k log|det| there,
+        which the likelihood and the barrier push away from the fold). With
+        it, log N(Φ(x)) + log det ∂Φ/∂x is a probability density of x
+        whatever the step's error.
         `fold` `(batch,)` is, in training, Σ_k of a barrier on each step's
         determinant (`volume.fold_barrier`): zero where every step keeps it
         above 0.1, steep towards 0 and finite beyond, a penalty that keeps
         training away from folds; outside training, zeros (not computed).
         """
+        x = tf.convert_to_tensor(x)
         self._check_inputs(x)
         if x.shape.rank != 2 or self.return_trajectory:
             raise ValueError(

@@ -64,19 +64,25 @@ def _tangents(step: StepFn, z: tf.Tensor, tangents: tf.Tensor, k: tf.Tensor) -> 
 def with_log_det(step: StepFn, barrier: bool) -> StepFn:
     """`step` on the flat state [z, Δ, F]: z ↦ S(z), Δ ↦ Δ + log det ∂S/∂z, F ↦ F + fold_barrier(det ∂S/∂z).
 
-    Δ is NaN where a determinant is ≤ 0 (the step folds: no density there); F,
-    finite everywhere, measures how close the steps come to folding, so that
-    training can keep them away from it. Without `barrier` (inference) F stays
-    0: the inference path does no training-only work.
+    Outside training (`barrier` False), Δ is NaN where a determinant is ≤ 0
+    (the step folds: no density there), and F stays 0: the inference path does
+    no training-only work. In training (`barrier`), Δ adds log|det| everywhere
+    and F a barrier on how close each step comes to folding: a NaN would drop a
+    folded point from the likelihood and its gradient, which rewarded folding
+    (measured: an uncorrected 2-step flow on eight Gaussians folded mid-run and
+    its test NLL went from 2.15 to 13), whereas log|det| → -∞ at a fold makes
+    the likelihood itself repel it, and the barrier pushes folded points back.
     """
 
     def augmented(state: tf.Tensor, k: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
         z, total, shortfall = state[:, :-2], state[:, -2:-1], state[:, -1:]
         following, transposed, remainder = step_jacobian(step, z, k)
         sign, log_abs = slogdet(transposed)
-        log_det = tf.where(sign > 0, log_abs, tf.constant(float("nan"), log_abs.dtype))
         if barrier:
+            log_det = log_abs
             shortfall += fold_barrier(sign, log_abs)[:, None]
+        else:
+            log_det = tf.where(sign > 0, log_abs, tf.constant(float("nan"), log_abs.dtype))
         next_state = tf.concat([following, total + log_det[:, None], shortfall], -1)
         return next_state, remainder
 

@@ -188,6 +188,18 @@ def test_a_folding_step_gives_nan_not_a_likelihood():
     assert np.all(np.isfinite(safe.log_prob(_points(4, -1, 1))))  # det (1/4)·(5/4) > 0 per step
 
 
+def test_training_keeps_a_folded_points_likelihood_and_penalises_the_fold():
+    """In training a fold's log-determinant is log|det| (a NaN would drop the point, and its gradient, from the
+    likelihood, which rewarded folding), and the barrier is on its linear tail at det = -4: log 1000 + 1 + 4 / 1e-4."""
+    ode = kt.TaylorLagrangeODE(LinearField(np.diag([-3.0, 1.0])), order=0, num_steps=1, time_dependent=True)
+    x = _points(4, -1, 1)
+    _, log_det, fold = ode.change_of_variables(x, training=True)
+    np.testing.assert_allclose(log_det, np.full(4, np.log(4.0)), rtol=1e-6)
+    np.testing.assert_allclose(fold, np.full(4, np.log(1000.0) + 1.0 + 4.0 / 1e-4), rtol=1e-6)
+    _, log_det, fold = ode.change_of_variables(x, training=False)
+    assert np.all(np.isnan(log_det)) and np.all(fold == 0.0)
+
+
 # --- Hutchinson's estimator ------------------------------------------------------------------
 
 
