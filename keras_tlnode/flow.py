@@ -174,7 +174,9 @@ class ContinuousNormalizingFlow(TLNODEModel):
     many for training), training maximises the continuous-time likelihood of
     the same steps with Hutchinson's estimator of ∫ tr(∂f_θ/∂z) dt (one
     Rademacher probe per sample, shared by every Taylor order and step), and
-    evaluation, `predict` and `log_prob` take the exact change of variables.
+    evaluation, `predict` and `log_prob` take the exact change of variables;
+    nothing then keeps the steps one-to-one (the fold penalty needs the
+    determinants), so check `log_prob` for NaN at coarse step counts.
 
     Args:
         vector_field: Keras layer computing f_θ, called as `vector_field([z, t])`
