@@ -48,6 +48,15 @@ from keras_tlnode.validation import (
 TRACES = ("exact", "hutchinson")
 DEFAULT_NUM_STEPS = 8  # the authors' tabular FFJORD experiment: 8 steps of order 1
 DEFAULT_FOLD_WEIGHT = 10.0
+# Hutchinson's training fits the steps' estimate of ∫ tr(∂f/∂z) dt, not the determinants of the map
+# they compute, and nothing there can keep the steps one-to-one: with too few steps training learns
+# to exploit the estimate's error and the steps fold (measured on the 64-D digits of
+# examples/density_estimation.py, 500 training steps: folds at test points for Euler and order 1 at
+# 2 steps, order 1 at 3, orders 2 and 3 at 4, Heun and RK4 at 1; none, over 2-3 seeds each, at the
+# counts below; orders 4-6 unmeasured there, their 64-D exact evaluation outgrew 12 GB). The fewest
+# steps a Hutchinson-trained flow accepts, by scheme.
+HUTCHINSON_MIN_STEPS = {"euler": 4, "heun": 2, "rk4": 2}
+HUTCHINSON_MIN_TAYLOR_STEPS = {0: 4, 1: 4}  # orders 2-6: 8
 
 
 class FieldWrapper(keras.layers.Layer):
@@ -174,15 +183,18 @@ class ContinuousNormalizingFlow(TLNODEModel):
     many for training), training maximises the continuous-time likelihood of
     the same steps with Hutchinson's estimator of ∫ tr(∂f_θ/∂z) dt (one
     Rademacher probe per sample, shared by every Taylor order and step), and
-    evaluation, `predict` and `log_prob` take the exact change of variables;
-    nothing then keeps the steps one-to-one (the fold penalty needs the
-    determinants), so check `log_prob` for NaN at coarse step counts.
+    evaluation, `predict` and `log_prob` take the exact change of variables.
+    Nothing in that training keeps the steps one-to-one (the fold penalty needs
+    the determinants), and with few steps it makes them fold: a Hutchinson-
+    trained flow takes at least 4 steps at Taylor orders 0-1 and with Euler,
+    8 at orders 2-6, 2 with Heun or RK4 (`HUTCHINSON_MIN_STEPS`, measured).
 
     Args:
         vector_field: Keras layer computing f_θ, called as `vector_field([z, t])`
             with `t` of shape `(batch, 1)`; output shaped like `z`.
         duration: T, finite and > 0.
-        num_steps: fixed steps over [0, T], >= 1.
+        num_steps: fixed steps over [0, T], >= 1 (with `trace="hutchinson"`,
+            the minimum above).
         order: p of the Taylor-Lagrange step, an int in [0, 6].
         correction: `MidpointCorrection` (Γ_φ) or None.
         trace: "exact" or "hutchinson" (the trace estimator in training).
@@ -246,6 +258,8 @@ class ContinuousNormalizingFlow(TLNODEModel):
         self.duration = check_duration(duration, None)
         self.num_steps = check_int(num_steps, "num_steps")
         self.trace = check_choice(trace, "trace", TRACES)
+        if trace == "hutchinson":
+            check_hutchinson_steps(self.num_steps, method, self.order)
         self.seed = check_optional_int(seed, "seed", minimum=0)
         self.correction = check_instance(correction, "correction", MidpointCorrection, optional=True)
         probes = trace == "hutchinson"
@@ -423,6 +437,21 @@ class ContinuousNormalizingFlow(TLNODEModel):
         for key in ("vector_field", "correction"):
             config[key] = keras.saving.deserialize_keras_object(config[key])
         return cls(**config)
+
+
+def check_hutchinson_steps(num_steps: int, method: str, order: int) -> None:
+    """Rejects a Hutchinson-trained flow with fewer steps than `HUTCHINSON_MIN_STEPS` (its steps fold: no density)."""
+    if method == "taylor_lagrange":
+        fewest, scheme = HUTCHINSON_MIN_TAYLOR_STEPS.get(order, 8), f"a Taylor-Lagrange flow of order {order}"
+    else:
+        fewest, scheme = HUTCHINSON_MIN_STEPS[method], f"method={method!r}"
+    if num_steps < fewest:
+        raise ValueError(
+            f'`num_steps` must be >= {fewest} for {scheme} with trace="hutchinson", got {num_steps}: '
+            "with fewer steps, training on Hutchinson's estimate of the trace integral makes the steps fold, and "
+            f'log_prob is then no density. Use num_steps >= {fewest}, trace="exact" (exact determinants and a '
+            'fold penalty, valid at any step count), or method="rk4" (2 steps or more).'
+        )
 
 
 class FlowBijector(tfp.bijectors.Bijector):

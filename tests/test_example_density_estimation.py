@@ -122,3 +122,15 @@ def test_grid_mass_of_a_known_density(example):
     flow.log_prob(np.zeros((1, 2), "float32"))
     measured = example.grid_mass(flow)
     assert measured["folds"] == 0 and measured["mass"] == pytest.approx(1.0, abs=1e-3)
+
+
+def test_a_setting_the_flow_refuses_is_recorded_and_shown_as_rejected(example):
+    """Hutchinson's trace (digits) with 2 Taylor steps: the flow raises, the run records why, the table says so."""
+    data = example.make_data("digits", {}, seed=0)
+    refused = example.run("tl_node@2", "digits", data, {"batch": 256, "steps": 10, "points": 2}, 0, "[1/1]")
+    assert set(refused) == {"rejected"} and "`num_steps` must be >= 4" in refused["rejected"]
+    rows = example.summarise([{"tl_node@2": refused}], ["tl_node@2"])
+    assert rows["tl_node@2"]["label"] == "TL-NODE, corrected (2 steps): rejected by the flow"
+    assert "| TL-NODE, corrected (2 steps): rejected by the flow | - |" in example.harness.markdown_table(
+        rows, example.COLUMNS
+    )

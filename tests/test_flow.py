@@ -123,6 +123,23 @@ def test_classical_methods_take_no_correction():
         kt.ContinuousNormalizingFlow(LinearField(A), method="rk4", correction=kt.MidpointCorrection())
 
 
+@pytest.mark.parametrize(
+    ("arguments", "fewest"),
+    [
+        ({"method": "euler", "num_steps": 3}, 4),
+        ({"method": "rk4", "num_steps": 1}, 2),
+        ({"order": 1, "num_steps": 3}, 4),
+        ({"order": 2, "num_steps": 7}, 8),
+    ],
+)
+def test_hutchinson_training_with_too_few_steps_is_rejected(arguments, fewest):
+    with pytest.raises(ValueError, match=f"`num_steps` must be >= {fewest} .*trace=.exact."):
+        kt.ContinuousNormalizingFlow(LinearField(A), trace="hutchinson", **arguments)
+    # The same steps with exact determinants and the fold penalty, and the fewest with Hutchinson's, are accepted.
+    kt.ContinuousNormalizingFlow(LinearField(A), **arguments)
+    kt.ContinuousNormalizingFlow(LinearField(A), trace="hutchinson", **{**arguments, "num_steps": fewest})
+
+
 def test_saved_and_reloaded_flow_gives_the_same_log_prob(tmp_path):
     flow = kt.ContinuousNormalizingFlow(LinearField(A), trace="hutchinson", correction=kt.MidpointCorrection())
     x = _points(8, -1, 1)
