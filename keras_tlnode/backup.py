@@ -167,10 +167,10 @@ class BackupAndRestore(keras.callbacks.Callback):
     def _restore(self, state: dict) -> None:
         """Loads the backed-up weights and optimizer states, and makes `fit` start at the backed-up epoch."""
         model = self.model
-        if model.optimizer is not None and not model.optimizer.built:
-            model.optimizer.build(model.trainable_variables)
         if isinstance(model, TLNODEModel):
-            model._build_optimizers()
+            model.build_optimizers()
+        elif model.optimizer is not None and not model.optimizer.built:
+            model.optimizer.build(model.trainable_variables)
         model.load_weights(posixpath.join(self.backup_dir, state["weights"]))
         set_initial_epoch(self.model, state["epoch"])
 

@@ -6,7 +6,9 @@ what Keras's export cannot do for a TL-NODE:
 
 - a `"trajectory"` endpoint, the states of the model's fixed-step ODE layer
   (`TaylorLagrangeODE` or `FixedStepODE`) at t_initial + 0, Δt, ..., duration, next to the usual `"serve"` endpoint;
-- `"log_prob"` and `"sample"` endpoints for a `ContinuousNormalizingFlow`;
+- the model's own endpoints, if it has an `export_endpoints(input_signature)`
+  method returning `{name: (function, input signature)}`: a
+  `ContinuousNormalizingFlow` adds `"log_prob"` and `"sample"` so;
 - one trace of the model per endpoint, where `model.export` traces it three
   times (its cost grows like 2^order).
 """
@@ -20,14 +22,11 @@ import keras
 import tensorflow as tf
 
 from keras_tlnode.compat import AutoTrackable, get_input_signature, make_tf_tensor_spec
-from keras_tlnode.flow import ContinuousNormalizingFlow
 from keras_tlnode.layers import StepwiseODE, TaylorLagrangeODE, layers_of
 from keras_tlnode.validation import check_optional_int
 
 SERVE = "serve"
 TRAJECTORY = "trajectory"
-LOG_PROB = "log_prob"
-SAMPLE = "sample"
 
 
 def export_saved_model(
@@ -45,9 +44,10 @@ def export_saved_model(
     each also a signature of the same name:
 
     - `"serve"`, also the `"serving_default"` signature: `model(x, training=False)`.
-    - `"log_prob"` and `"sample"` for a `ContinuousNormalizingFlow`: `log_prob(x)`
-      (which `"serve"` returns too) and `sample(n, seed)`, `n` an int32 scalar
-      and `seed` two int32s (a stateless draw: the same seed, the same points).
+    - the model's own, if it defines `export_endpoints(input_signature)`
+      returning `{name: (function, its input signature)}`: for a
+      `ContinuousNormalizingFlow`, `"log_prob"` and `"sample"`
+      (`ContinuousNormalizingFlow.export_endpoints`).
     - `"trajectory"`, with `trajectory=True`: the states of the model's
       `TaylorLagrangeODE` (or `FixedStepODE`) at t_initial + 0, Δt, ..., duration, shape
       `(batch, num_steps + 1, *state_shape)`, integrated from the states that the
@@ -92,8 +92,10 @@ def export_saved_model(
     endpoints = {SERVE: (_serving_function(model, chunk_size), signature)}
     if trajectory is not False:
         endpoints[TRAJECTORY] = (_serving_function(_trajectory_model(model, layers, trajectory), chunk_size), signature)
-    if isinstance(model, ContinuousNormalizingFlow):
-        endpoints.update(_flow_endpoints(model, signature))
+    # A model may serve more: `export_endpoints(signature)` → {name: (function, its input signature)}.
+    extra = getattr(model, "export_endpoints", None)
+    if callable(extra):
+        endpoints.update(extra(signature))
 
     root = AutoTrackable()
     root.variables = list(model.variables)
@@ -116,18 +118,6 @@ def export_saved_model(
     # which TensorFlow's saver traces with the op's inputs in place of its gradients.
     options = tf.saved_model.SaveOptions(experimental_custom_gradients=False)
     tf.saved_model.save(root, os.fspath(filepath), signatures=signatures, options=options)
-
-
-def _flow_endpoints(flow: ContinuousNormalizingFlow, signature: list[tf.TensorSpec]) -> dict:
-    """A flow's `log_prob(x)` (which `serve` also returns) and `sample(n, seed)`, seed two int32s (stateless)."""
-
-    def sample(n: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
-        shape = tf.stack([n, flow.dimension])
-        base = tf.random.stateless_normal(shape, seed=seed, dtype=flow.compute_dtype)
-        return flow.flow.inverse(base)
-
-    sample_signature = [tf.TensorSpec([], tf.int32, name="n"), tf.TensorSpec([2], tf.int32, name="seed")]
-    return {LOG_PROB: (_serving_function(flow, None), signature), SAMPLE: (sample, sample_signature)}
 
 
 def _captured_variables(functions) -> list[tf.Variable]:

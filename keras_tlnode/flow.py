@@ -38,7 +38,6 @@ from keras_tlnode.training import TLNODEModel
 from keras_tlnode.validation import (
     check_bool,
     check_choice,
-    check_duration,
     check_float,
     check_instance,
     check_int,
@@ -252,35 +251,33 @@ class ContinuousNormalizingFlow(TLNODEModel):
                 f"`correction` and `remainder_weight` apply to method='taylor_lagrange' only, not {method!r}."
             )
         self.order = check_int(order, "order", 0, MAX_ORDER)
-        self.remainder_weight = remainder_weight
         self.fold_weight = check_float(fold_weight, "fold_weight", non_negative=True)
         self.vector_field = check_instance(vector_field, "vector_field", keras.layers.Layer)
-        self.duration = check_duration(duration, None)
-        self.num_steps = check_int(num_steps, "num_steps")
         self.trace = check_choice(trace, "trace", TRACES)
-        if trace == "hutchinson":
-            check_hutchinson_steps(self.num_steps, method, self.order)
         self.seed = check_optional_int(seed, "seed", minimum=0)
         self.correction = check_instance(correction, "correction", MidpointCorrection, optional=True)
         probes = trace == "hutchinson"
 
         def steps(field: keras.layers.Layer) -> StepwiseODE:
             if method != "taylor_lagrange":
-                return FixedStepODE(
-                    field, method=method, num_steps=self.num_steps, duration=self.duration, time_dependent=True
-                )
+                return FixedStepODE(field, method=method, num_steps=num_steps, duration=duration, time_dependent=True)
             return TaylorLagrangeODE(
                 field,
                 order=order,
-                num_steps=self.num_steps,
-                duration=self.duration,
+                num_steps=num_steps,
+                duration=duration,
                 time_dependent=True,
                 correction=correction,
                 remainder_weight=remainder_weight,
             )
 
-        # The steps of the data path: x → Φ(x), with the exact change of volume.
+        # The steps of the data path: x → Φ(x), with the exact change of volume. The layer
+        # validates `num_steps`, `duration` and `remainder_weight`; the flow reads them back.
         self.flow = steps(vector_field)
+        self.num_steps, self.duration = self.flow.num_steps, self.flow.duration
+        self.remainder_weight = getattr(self.flow, "remainder_weight", 0.0)
+        if probes:
+            check_hutchinson_steps(self.num_steps, method, self.order)
         # Hutchinson's training path: the same steps on [z, Δ, ε], with the same Γ_φ.
         self.hutchinson_flow = steps(AugmentedField(vector_field, "hutchinson", probes=True)) if probes else None
         # The field's continuous-time likelihood (the check): d/dt [z, Δ] = [f, tr ∂f/∂z].
@@ -352,6 +349,21 @@ class ContinuousNormalizingFlow(TLNODEModel):
             raise ValueError("ContinuousNormalizingFlow.sample needs a built model: fit it, or call it on data, first.")
         return self.decode(keras.random.normal((n, self.dimension), dtype=self.compute_dtype, seed=seed))
 
+    def export_endpoints(self, input_signature: list[tf.TensorSpec]) -> dict[str, tuple]:
+        """The flow's endpoints for `export_saved_model`: `{name: (function, input signature)}`.
+
+        `"log_prob"`: `log_prob(x)` (which `"serve"` returns too), on
+        `input_signature`; `"sample"`: `sample(n, seed)`, `n` an int32 scalar
+        and `seed` two int32s (a stateless draw: the same seed, the same points).
+        """
+
+        def sample(n: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
+            base = tf.random.stateless_normal(tf.stack([n, self.dimension]), seed=seed, dtype=self.compute_dtype)
+            return self.flow.inverse(base)
+
+        counts = [tf.TensorSpec([], tf.int32, name="n"), tf.TensorSpec([2], tf.int32, name="seed")]
+        return {"log_prob": (lambda x: self(x, training=False), input_signature), "sample": (sample, counts)}
+
     # --- the check: the learned field's continuous-time likelihood ---------------------------
 
     def continuous_log_prob(self, x, tolerance: float = 1e-7) -> tf.Tensor:
@@ -418,7 +430,7 @@ class ContinuousNormalizingFlow(TLNODEModel):
 
     def get_config(self) -> dict:
         return {
-            "name": self.name,
+            **super().get_config(),  # the name, `trainable` and the dtype policy
             "vector_field": keras.saving.serialize_keras_object(self.vector_field),
             "duration": self.duration,
             "num_steps": self.num_steps,

@@ -14,11 +14,10 @@ tracking and export never see it.
 from __future__ import annotations
 
 import functools
-import inspect
 import warnings
 import weakref
 from collections.abc import Callable
-from typing import TypeVar
+from typing import NamedTuple, TypeVar
 
 import keras
 import numpy as np
@@ -28,7 +27,7 @@ from keras_tlnode.compat import flatten_layers
 from keras_tlnode.correction import MidpointCorrection
 from keras_tlnode.recording import record
 from keras_tlnode.rollout import rollout
-from keras_tlnode.schemes import CLASSICAL, taylor_lagrange_evaluations, taylor_lagrange_step
+from keras_tlnode.schemes import CLASSICAL, runge_kutta_step, taylor_lagrange_evaluations, taylor_lagrange_step
 from keras_tlnode.taylor import MAX_ORDER
 from keras_tlnode.validation import (
     check_bool,
@@ -42,6 +41,19 @@ from keras_tlnode.validation import (
 from keras_tlnode.volume import invert_step, with_log_det
 
 L = TypeVar("L", bound=keras.layers.Layer)
+
+
+class Spans(NamedTuple):
+    """One call's inputs, parsed once: the states, and each sample's Δt if the call gave durations.
+
+    `step_size` is `(batch, 1)` (the sample's duration / num_steps) for a call
+    as `[x, duration]`, None for a call on `x` alone (the layer's own Δt). A
+    fixed-step layer's `call` builds it; the rollout, the recording of the call
+    and the correction phase (`step_starts`, `step_sizes`, `step_times`) reuse it.
+    """
+
+    states: tf.Tensor
+    step_size: tf.Tensor | None
 
 
 class ODELayer(keras.layers.Layer):
@@ -102,10 +114,8 @@ class ODELayer(keras.layers.Layer):
         check_field_shape(tuple(spec.shape[1:]), state_shape)
 
     def derivative(self, x: tf.Tensor, t: tf.Tensor | None = None) -> tf.Tensor:
-        """f_θ(x) (or f_θ(x, t), `t` of shape `(batch, 1)`), checked to be shaped like the states."""
-        derivative = self.vector_field(x if t is None else [x, t])
-        check_field_shape(tuple(derivative.shape[1:]), tuple(x.shape[1:]))
-        return derivative
+        """f_θ(x) (or f_θ(x, t), `t` of shape `(batch, 1)`); `build` checked that it is shaped like the states."""
+        return self.vector_field(x if t is None else [x, t])
 
     def _field_input_shape(self, input_shape: tuple) -> tuple | list:
         return [tuple(input_shape), (input_shape[0], 1)] if self.time_dependent else tuple(input_shape)
@@ -133,15 +143,15 @@ class ODELayer(keras.layers.Layer):
             raise ValueError(f"`duration` must have shape (batch,) or (batch, 1), got {duration_shape}.")
         return state_shape
 
-    def _spans(self, inputs: tf.Tensor | list) -> tuple[tf.Tensor, tf.Tensor | None]:
-        """`(x, Δt)` from `x` (Δt None: the layer's own) or from `[x, duration]` (Δt per sample, `(batch, 1)`).
+    def _spans(self, inputs: tf.Tensor | list) -> Spans:
+        """`Spans(x, Δt)` from `x` (Δt None: the layer's own) or from `[x, duration]` (Δt per sample, `(batch, 1)`).
 
         Durations are checked to be finite and > 0 in eager calls only: a
         check inside a graph would be a synchronisation point.
         """
         if not isinstance(inputs, (list, tuple)):
             self._check_inputs(inputs)
-            return inputs, None
+            return Spans(inputs, None)
         self._state_shape([tuple(tensor.shape) for tensor in inputs])
         x, duration = inputs
         self._check_inputs(x)
@@ -150,7 +160,7 @@ class ODELayer(keras.layers.Layer):
         duration = tf.reshape(tf.cast(duration, x.dtype), (-1, 1))
         if tf.executing_eagerly() and not bool(tf.reduce_all(tf.math.is_finite(duration) & (duration > 0))):
             raise ValueError(f"`duration` must be finite and > 0 for every sample, got {duration.numpy().ravel()}.")
-        return x, duration / self.num_steps
+        return Spans(x, duration / self.num_steps)
 
     def compute_output_shape(self, input_shape: tuple | list) -> tuple:
         input_shape = self._state_shape(input_shape)
@@ -199,8 +209,7 @@ class StepwiseODE(ODELayer):
         raise NotImplementedError
 
     def call(self, inputs: tf.Tensor | list, training: bool | None = None) -> tf.Tensor:
-        x, step_size = self._spans(inputs)
-        return self._forward(inputs, x, step_size, training, log_det=False)
+        return self._forward(self._spans(inputs), training, log_det=False)
 
     def change_of_variables(self, x: tf.Tensor, training: bool | None = None) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
         """`(Φ(x), log det ∂Φ/∂x, fold)`: the rollout map Φ of flat states `(batch, d)` and its log-volume change.
@@ -224,7 +233,7 @@ class StepwiseODE(ODELayer):
                 f"{type(self).__name__}.change_of_variables takes flat states (batch, d) and return_trajectory=False, "
                 f"got shape {x.shape} and return_trajectory={self.return_trajectory}."
             )
-        end = self._forward(x, x, None, training, log_det=True)
+        end = self._forward(Spans(x, None), training, log_det=True)
         return end[:, :-2], end[:, -2], end[:, -1]
 
     def inverse(self, y: tf.Tensor) -> tf.Tensor:
@@ -238,11 +247,9 @@ class StepwiseODE(ODELayer):
         invert = _traced(self, "_invert") if tf.executing_eagerly() else self._invert
         return invert(y)
 
-    def _forward(
-        self, inputs: tf.Tensor | list, x: tf.Tensor, step_size: tf.Tensor | None, training: bool | None, log_det: bool
-    ) -> tf.Tensor:
-        """The output of the rollout from `x` (`inputs` as the layer received them), with [·, log det] if `log_det`."""
-        return self._rollout(x, step_size, False, log_det, barrier=log_det and bool(training))[0]
+    def _forward(self, spans: Spans, training: bool | None, log_det: bool) -> tf.Tensor:
+        """The output of the rollout of `spans`, with [·, log det] if `log_det`."""
+        return self._rollout(spans.states, spans.step_size, False, log_det, barrier=log_det and bool(training))[0]
 
     def _rollout(
         self, x: tf.Tensor, step_size: tf.Tensor | None, penalise: bool, log_det: bool = False, barrier: bool = False
@@ -283,32 +290,37 @@ class StepwiseODE(ODELayer):
 
         return step
 
-    def step_starts(self, inputs: tf.Tensor | list) -> tf.Tensor:
+    def step_starts(self, inputs: tf.Tensor | list | Spans) -> tf.Tensor:
         """The state at which each step of this layer's rollout from `inputs` starts.
 
-        Returns `(batch · num_steps, *state_shape)` states, sample-major (the
-        steps of sample 0 first), without gradients. The correction phase of
+        `inputs` as the layer takes them, or their `Spans`. Returns
+        `(batch · num_steps, *state_shape)` states, sample-major (the steps of
+        sample 0 first), without gradients. The correction phase of
         `TLNODEModel` fits Γ_φ on these states.
         """
-        x, step_size = self._spans(inputs)
+        x, step_size = self._as_spans(inputs)
         if self.num_steps == 1:
             return tf.stop_gradient(x)
         trajectory, _ = rollout(self._step_fn(step_size), tf.stop_gradient(x), self.num_steps - 1, True)
         return tf.stop_gradient(tf.reshape(trajectory, tf.concat([[-1], tf.shape(x)[1:]], axis=0)))
 
-    def step_sizes(self, inputs: tf.Tensor | list) -> tf.Tensor | None:
+    def step_sizes(self, inputs: tf.Tensor | list | Spans) -> tf.Tensor | None:
         """Each step start's Δt `(batch · num_steps, 1)`, matching `step_starts`; None without per-sample durations."""
-        _, step_size = self._spans(inputs)
+        step_size = self._as_spans(inputs).step_size
         return None if step_size is None else tf.repeat(step_size, self.num_steps, axis=0)
 
-    def step_times(self, inputs: tf.Tensor | list) -> tf.Tensor | None:
+    def step_times(self, inputs: tf.Tensor | list | Spans) -> tf.Tensor | None:
         """The start times `(batch · num_steps, 1)` matching `step_starts`, or None for an autonomous field."""
         if not self.time_dependent:
             return None
-        x, step_size = self._spans(inputs)
+        x, step_size = self._as_spans(inputs)
         index = tf.cast(tf.tile(tf.range(self.num_steps), [tf.shape(x)[0]]), x.dtype)[:, None]
         sizes = self.step_size if step_size is None else tf.repeat(step_size, self.num_steps, axis=0)
         return self.t_initial + index * sizes
+
+    def _as_spans(self, inputs: tf.Tensor | list | Spans) -> Spans:
+        """`inputs`, parsed unless they already are `Spans` (as recorded by `call`)."""
+        return inputs if isinstance(inputs, Spans) else self._spans(inputs)
 
     def _time(self, state: tf.Tensor, k: tf.Tensor | int, step_size: tf.Tensor | None = None) -> tf.Tensor | None:
         """Times `(batch, 1)` at step `k`, or None for autonomous fields."""
@@ -375,7 +387,7 @@ class FixedStepODE(StepwiseODE):
     @property
     def nfe(self) -> int:
         """Calls of the vector field per call of this layer: `num_steps` times 1, 2 or 4."""
-        return self.num_steps * CLASSICAL[self.method][1]
+        return self.num_steps * CLASSICAL[self.method].stages
 
     def step(
         self, states: tf.Tensor, times: tf.Tensor | None = None, *, step_size: tf.Tensor | None = None
@@ -385,7 +397,7 @@ class FixedStepODE(StepwiseODE):
         Of Δt, or of `step_size`, `(batch, 1)`, one per sample.
         """
         dt = self.step_size if step_size is None else step_size
-        return CLASSICAL[self.method][0](self.derivative, states, times, dt)
+        return runge_kutta_step(CLASSICAL[self.method], self.derivative, states, times, dt)
 
     def get_config(self) -> dict:
         config = super().get_config()
@@ -430,8 +442,9 @@ class TaylorLagrangeODE(StepwiseODE):
         time_dependent: whether f depends on t as well.
         return_trajectory: return the states at t_initial + 0, Δt, ...,
             duration on a new axis 1 instead of the final state.
-        method: deprecated; `method="euler" | "heun" | "rk4"` returns the
-            `FixedStepODE` of that scheme, with a `DeprecationWarning`.
+        method: None or "taylor_lagrange"; a classical scheme (0.1's
+            `method="rk4"`) raises, naming `FixedStepODE(method=...)`;
+            configs saved by 0.1 with one still load as a `FixedStepODE`.
         t_initial: time at the start of the interval (time-dependent fields).
         t_final: deprecated name of `duration`.
         **kwargs: standard `keras.layers.Layer` arguments.
@@ -449,18 +462,6 @@ class TaylorLagrangeODE(StepwiseODE):
     6
     """
 
-    def __new__(cls, *args, **kwargs):
-        method = inspect.signature(cls.__init__).bind_partial(None, *args, **kwargs).arguments.get("method")
-        if method not in (None, "taylor_lagrange"):
-            warnings.warn(
-                f"TaylorLagrangeODE(method={method!r}) is deprecated and will be removed in 1.0: "
-                f"use FixedStepODE(vector_field, method={method!r}, ...).",
-                DeprecationWarning,
-                stacklevel=2,
-            )
-            return FixedStepODE(**_classical_arguments(args, kwargs))
-        return super().__new__(cls, *args, **kwargs)
-
     def __init__(
         self,
         vector_field: keras.layers.Layer,
@@ -477,6 +478,12 @@ class TaylorLagrangeODE(StepwiseODE):
         t_final: float | None = None,
         **kwargs,
     ):
+        if method not in (None, "taylor_lagrange"):
+            # 0.1 returned a FixedStepODE here: a constructor must not return another class.
+            raise ValueError(
+                f"TaylorLagrangeODE(method={method!r}) was removed in 0.2: use "
+                f"keras_tlnode.FixedStepODE(vector_field, method={method!r}, num_steps=..., duration=...)."
+            )
         super().__init__(
             vector_field, num_steps, duration, time_dependent, return_trajectory, t_initial, t_final=t_final, **kwargs
         )
@@ -496,19 +503,19 @@ class TaylorLagrangeODE(StepwiseODE):
         if self.correction is not None and not self.correction.built:
             self.correction.build(self._state_shape(input_shape))
 
-    def _forward(
-        self, inputs: tf.Tensor | list, x: tf.Tensor, step_size: tf.Tensor | None, training: bool | None, log_det: bool
-    ) -> tf.Tensor:
+    def _forward(self, spans: Spans, training: bool | None, log_det: bool) -> tf.Tensor:
         # In training, the remainder penalty joins the loss and the call is recorded for the correction phase.
         penalise = bool(training) and self.remainder_weight > 0
-        states, remainder = self._rollout(x, step_size, penalise, log_det, barrier=log_det and bool(training))
+        states, remainder = self._rollout(
+            spans.states, spans.step_size, penalise, log_det, barrier=log_det and bool(training)
+        )
         penalty = self.remainder_weight * remainder if penalise else None
         if penalty is not None and penalty.dtype.size < 4:
             # Under mixed precision Keras sums the losses in float32.
             penalty = tf.cast(penalty, tf.float32)
         if penalty is not None:
             self.add_loss(penalty)
-        record(self, inputs, penalty)
+        record(self, spans, penalty)
         return states
 
     def step(
@@ -548,25 +555,22 @@ class TaylorLagrangeODE(StepwiseODE):
         return config
 
     @classmethod
-    def from_config(cls, config: dict) -> TaylorLagrangeODE:
+    def from_config(cls, config: dict) -> StepwiseODE:
         config = dict(config)
+        method = config.pop("method", None)
+        if method not in (None, "taylor_lagrange"):
+            # Saved by 0.1, whose TaylorLagrangeODE(method=...) built a classical scheme: it loads as one.
+            warnings.warn(
+                f"a TaylorLagrangeODE config with method={method!r} (saved by 0.1) loads as "
+                f"FixedStepODE(method={method!r}); save it again to drop this warning.",
+                DeprecationWarning,
+                stacklevel=2,
+            )
+            for name in ("order", "correction", "remainder_weight"):
+                config.pop(name, None)
+            return FixedStepODE.from_config({**config, "method": method})
         config["correction"] = keras.saving.deserialize_keras_object(config["correction"])
         return super().from_config(config)
-
-
-def _classical_arguments(args: tuple, kwargs: dict) -> dict:
-    """`FixedStepODE` arguments for a deprecated `TaylorLagrangeODE(method=...)` call.
-
-    The Taylor-Lagrange arguments must keep their defaults: a classical step
-    has no order, correction or remainder, and none is accepted to be ignored.
-    """
-    bound = inspect.signature(TaylorLagrangeODE.__init__).bind(None, *args, **kwargs).arguments
-    bound.pop("self")
-    for name, default in (("order", 1), ("correction", None), ("remainder_weight", 0.0)):
-        if name in bound and bound.pop(name) != default:
-            raise ValueError(f"`{name}` does not apply to method={bound['method']!r}; leave it at its default.")
-    bound.update(bound.pop("kwargs", {}))
-    return bound
 
 
 _TRACED: weakref.WeakKeyDictionary[StepwiseODE, dict[str, Callable]] = weakref.WeakKeyDictionary()

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, NamedTuple
 import tensorflow as tf
 
 if TYPE_CHECKING:
-    from keras_tlnode.layers import TaylorLagrangeODE
+    from keras_tlnode.layers import Spans, TaylorLagrangeODE
 
 _RECORDING = threading.local()
 
@@ -29,12 +29,12 @@ _RECORDING = threading.local()
 class RecordedCalls(NamedTuple):
     """What the TaylorLagrangeODE layers did inside a `recorded_calls()` block.
 
-    `inputs` maps each layer to the inputs of each of its calls (a shared layer
+    `inputs` maps each layer to the `Spans` of each of its calls (a shared layer
     has several); `penalties` holds each call's remainder penalty that went into
     the loss.
     """
 
-    inputs: dict[TaylorLagrangeODE, list[tf.Tensor]]
+    inputs: dict[TaylorLagrangeODE, list[Spans]]
     penalties: list[tf.Tensor]
     graph: object  # the graph the block runs in; calls traced in other graphs are not recorded
 
@@ -50,12 +50,12 @@ def recorded_calls() -> Iterator[RecordedCalls]:
         stack.pop()
 
 
-def record(layer: TaylorLagrangeODE, inputs: tf.Tensor, penalty: tf.Tensor | None) -> None:
-    """Reports one call of `layer` to the innermost open block, if any."""
+def record(layer: TaylorLagrangeODE, spans: Spans, penalty: tf.Tensor | None) -> None:
+    """Reports one call of `layer`, its parsed inputs, to the innermost open block, if any."""
     stack = getattr(_RECORDING, "stack", None)
     # Keras builds a subclassed model by calling it once in a scratch graph
     # inside the same step; those tensors cannot be used in the step's graph.
     if stack and (tf.executing_eagerly() or tf.compat.v1.get_default_graph() is stack[-1].graph):
-        stack[-1].inputs.setdefault(layer, []).append(inputs)
+        stack[-1].inputs.setdefault(layer, []).append(spans)
         if penalty is not None:
             stack[-1].penalties.append(penalty)

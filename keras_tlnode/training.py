@@ -16,7 +16,7 @@ import keras
 import tensorflow as tf
 
 from keras_tlnode.compat import Functional, MultiWorkerFit, loss_tracker, multi_worker_logs
-from keras_tlnode.layers import TaylorLagrangeODE, layers_of
+from keras_tlnode.layers import Spans, TaylorLagrangeODE, layers_of
 from keras_tlnode.recording import RecordedCalls, recorded_calls
 from keras_tlnode.teacher import DormandPrinceTeacher
 from keras_tlnode.validation import check_instance, check_int, check_optional_int
@@ -144,7 +144,7 @@ class TLNODEModel(MultiWorkerFit, keras.Model):
         self.teacher = teacher
         self._tl_metrics = _TrainingMetrics()
         if self.built:
-            self._build_optimizers()
+            self.build_optimizers()
 
     def get_compile_config(self) -> dict | None:
         config = super().get_compile_config()
@@ -189,12 +189,8 @@ class TLNODEModel(MultiWorkerFit, keras.Model):
 
     def train_step(self, data):
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
-        y_pred, calls = self._dynamics_step(x, y, sample_weight)
-        corrected = [
-            layer
-            for layer in layers_of(self, TaylorLagrangeODE)
-            if layer.correction is not None and layer in calls.inputs
-        ]
+        y_pred, calls, ode_layers = self._dynamics_step(x, y, sample_weight)
+        corrected = [layer for layer in ode_layers if layer.correction is not None and layer in calls.inputs]
         if corrected:
             self._tl_metrics.trust.update_state(tf.add_n([_trust(layer) for layer in corrected]) / len(corrected))
             if _correction_variables(corrected):
@@ -206,7 +202,8 @@ class TLNODEModel(MultiWorkerFit, keras.Model):
     def _dynamics_step(self, x, y, sample_weight) -> tuple:
         """Phase 1: one step of the main optimizer on every trainable weight but the correction networks.
 
-        Returns the predictions and what the TL layers received and added to the loss.
+        Returns the predictions, what the TL layers received and added to the
+        loss, and the model's TL layers.
         """
         with recorded_calls() as calls, tf.GradientTape() as tape:
             y_pred = self(x, training=True)
@@ -218,7 +215,7 @@ class TLNODEModel(MultiWorkerFit, keras.Model):
         fitted = {id(v) for v in _correction_variables(ode_layers)}
         # The dynamics include each correction's trust, which the data fit.
         dynamics_variables = [v for v in self.trainable_variables if id(v) not in fitted]
-        self._build_optimizers()
+        self.build_optimizers()
         if dynamics_variables:
             gradients = tape.gradient(scaled_loss, dynamics_variables)
             self.optimizer.apply_gradients(zip(gradients, dynamics_variables, strict=True))
@@ -235,25 +232,29 @@ class TLNODEModel(MultiWorkerFit, keras.Model):
             tf.add_n([tf.zeros(())] + [tf.cast(p, tf.float32) for p in calls.penalties])
         )
         self._tl_metrics.nfe.update_state(_nfe(calls))
-        return y_pred, calls
+        return y_pred, calls, ode_layers
 
-    def _build_optimizers(self) -> None:
-        """Creates both optimizers' state outside any traced step.
+    def build_optimizers(self) -> None:
+        """Creates the state of both optimizers (`optimizer` and `correction_optimizer`), if not yet created.
 
-        The main optimizer is built on every trainable variable, as Keras builds
-        it when it loads a checkpoint or a backup, so that saved states match;
-        phase 1 then updates only the dynamics. Called from `compile` for built
-        models and from the first traced step otherwise (a subclassed model's
-        weights exist only once it has been called).
+        Call it before loading a checkpoint that holds optimizer state into a
+        model that has not trained yet (as `BackupAndRestore` does): the
+        correction optimizer is the model's own, and Keras builds only the main
+        one. The main optimizer is built on every trainable variable, as Keras
+        builds it when it loads a checkpoint, so that saved states match; phase 1
+        then updates only the dynamics. `compile` calls it for built models and
+        the first training step otherwise (a subclassed model's weights exist
+        only once it has been called); it runs outside any traced step.
         """
         with tf.init_scope():
             if not self.optimizer.built:
                 self.optimizer.build(self.trainable_variables)
-            correction_variables = _correction_variables(layers_of(self, TaylorLagrangeODE))
-            if correction_variables and not self.correction_optimizer.built:
-                self.correction_optimizer.build(correction_variables)
+            if not self.correction_optimizer.built:
+                correction_variables = _correction_variables(layers_of(self, TaylorLagrangeODE))
+                if correction_variables:
+                    self.correction_optimizer.build(correction_variables)
 
-    def _correction_phase(self, layers: list[TaylorLagrangeODE], inputs: dict[TaylorLagrangeODE, tf.Tensor]) -> None:
+    def _correction_phase(self, layers: list[TaylorLagrangeODE], inputs: dict[TaylorLagrangeODE, Spans]) -> None:
         """Phase 2, every `correction_every` steps: one teacher solve, then `correction_steps` updates of Γ_φ on its targets.
 
         Only local work (teacher solves, gradients) sits inside `tf.cond`; the
@@ -457,10 +458,8 @@ class _CorrectionDraw(NamedTuple):
     sizes: tf.Tensor | None
 
     @classmethod
-    def draw(
-        cls, layer: TaylorLagrangeODE, inputs: tf.Tensor | list, samples: int | None, step: tf.Tensor
-    ) -> _CorrectionDraw:
-        count = tf.shape(_states(inputs))[0] * layer.num_steps
+    def draw(cls, layer: TaylorLagrangeODE, inputs: Spans, samples: int | None, step: tf.Tensor) -> _CorrectionDraw:
+        count = tf.shape(inputs.states)[0] * layer.num_steps
         picks = None
         if samples is not None:
             keys = tf.random.stateless_uniform(tf.reshape(count, [1]), seed=tf.stack([_SAMPLING_SEED, step]))
@@ -471,14 +470,14 @@ class _CorrectionDraw(NamedTuple):
             sizes = None if sizes is None else tf.gather(sizes, picks)
         return cls(layer, picks, times, sizes)
 
-    def __call__(self, inputs: tf.Tensor | list) -> _CorrectionProblem:
+    def __call__(self, inputs: Spans) -> _CorrectionProblem:
         """The drawn step starts of the layer's rollout from `inputs` (this runs the rollout)."""
         states = self.layer.step_starts(inputs)
         return self.at(states if self.picks is None else tf.gather(states, self.picks))
 
-    def zeros(self, inputs: tf.Tensor | list) -> tf.Tensor:
+    def zeros(self, inputs: Spans) -> tf.Tensor:
         """Zeros shaped like the drawn states, for a step without a teacher solve."""
-        x = _states(inputs)
+        x = inputs.states
         count = tf.shape(x)[0] * self.layer.num_steps if self.picks is None else tf.shape(self.picks)[0]
         return tf.zeros(tf.concat([[count], tf.shape(x)[1:]], axis=0), x.dtype)
 
@@ -510,28 +509,23 @@ class _CorrectionProblem(NamedTuple):
 _SAMPLING_SEED = 20220115
 
 
-def _all_calls(layer: TaylorLagrangeODE, calls: list) -> tf.Tensor | list:
-    """The inputs of all of a layer's calls as one batch: `x`, or `[x, duration]` if any call had durations."""
-    if not any(isinstance(inputs, (list, tuple)) for inputs in calls):
-        return tf.concat(calls, axis=0)
-    xs, durations = [], []
-    for inputs in calls:
-        x, duration = inputs if isinstance(inputs, (list, tuple)) else (inputs, None)
-        if duration is None:
-            duration = tf.fill(tf.stack([tf.shape(x)[0], 1]), tf.constant(layer.duration, x.dtype))
-        xs.append(x)
-        durations.append(tf.reshape(tf.cast(duration, x.dtype), (-1, 1)))
-    return [tf.concat(xs, axis=0), tf.concat(durations, axis=0)]
+def _all_calls(layer: TaylorLagrangeODE, calls: list[Spans]) -> Spans:
+    """The spans of all of a layer's calls as one batch; per-sample Δt for all if any call had durations."""
+    states = tf.concat([spans.states for spans in calls], axis=0)
+    if all(spans.step_size is None for spans in calls):
+        return Spans(states, None)
+    sizes = [
+        tf.fill(tf.stack([tf.shape(spans.states)[0], 1]), tf.constant(layer.step_size, spans.states.dtype))
+        if spans.step_size is None
+        else spans.step_size
+        for spans in calls
+    ]
+    return Spans(states, tf.concat(sizes, axis=0))
 
 
 def _nfe(calls: RecordedCalls) -> float:
     """f-evaluations of the forward pass: each call of a TL layer counts (a layer a model does not call does not)."""
     return float(sum(layer.nfe * len(inputs) for layer, inputs in calls.inputs.items()))
-
-
-def _states(inputs: tf.Tensor | list) -> tf.Tensor:
-    """The states of a TL layer's inputs, `x` or `[x, duration]`."""
-    return inputs[0] if isinstance(inputs, (list, tuple)) else inputs
 
 
 def _correction_variables(layers: list[TaylorLagrangeODE]) -> list:

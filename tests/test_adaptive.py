@@ -98,20 +98,6 @@ def test_layer_contract(tmp_path):
     assert after < 0.5 * before
 
 
-@pytest.mark.parametrize(
-    "kwargs, argument",
-    [
-        (dict(rtol=0.0), "rtol"),
-        (dict(atol=math.inf), "atol"),
-        (dict(num_steps=0), "num_steps"),
-        (dict(duration=-1.0), "duration"),
-    ],
-)
-def test_bad_arguments_name_the_argument(kwargs, argument):
-    with pytest.raises(ValueError, match=f"`{argument}`"):
-        kt.DormandPrinceODE(keras.layers.Dense(2), **kwargs)
-
-
 def test_teacher_solves_one_interval_without_gradients():
     field = linear_field(K)
     x = tf.constant(X0)

@@ -136,26 +136,6 @@ def test_network_of_wrong_size_is_rejected(mode, n_out):
         correction.build((None, 3))
 
 
-@pytest.mark.parametrize(
-    "kwargs,error,argument",
-    [
-        (dict(mode="diagonal"), ValueError, "mode"),
-        (dict(hidden_units=(0,)), ValueError, "hidden_units"),
-        (dict(hidden_units=(2.5,)), TypeError, "hidden_units"),
-        (dict(network="mlp"), TypeError, "network"),
-        (dict(base_value=float("nan")), ValueError, "base_value"),
-        (dict(base_value=1.5, bounded=True), ValueError, "base_value"),
-        (dict(mode="matrix", bounded=True), ValueError, "bounded"),
-        (dict(bounded="yes"), TypeError, "bounded"),
-        (dict(trust=1), TypeError, "trust"),
-        (dict(features=0), ValueError, "features"),
-    ],
-)
-def test_bad_arguments_name_the_argument(kwargs, error, argument):
-    with pytest.raises(error, match=argument):
-        kt.MidpointCorrection(**kwargs)
-
-
 def test_matrix_mode_needs_flat_states():
     with pytest.raises(ValueError, match="flat states"):
         kt.TaylorLagrangeODE(

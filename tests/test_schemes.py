@@ -1,6 +1,7 @@
 """One-step schemes and the rollout, against closed-form solutions."""
 
 import math
+import re
 
 import keras
 import numpy as np
@@ -8,6 +9,7 @@ import pytest
 import tensorflow as tf
 
 import keras_tlnode as kt
+from keras_tlnode.schemes import CLASSICAL, ButcherTableau, order_conditions, runge_kutta_step
 
 A = np.array([[0.0, 1.0], [-2.0, -0.3]])
 
@@ -173,3 +175,35 @@ def test_time_dependent_convergence_gains_one_order_with_correction():
         errors = [error(n, corrected) for n in steps]
         fitted = np.polyfit(np.log([1.0 / n for n in steps]), np.log(errors), 1)[0]
         assert fitted == pytest.approx(slope, abs=0.25)
+
+
+def test_classical_tableaus_satisfy_their_order_conditions_and_no_higher():
+    """Butcher's conditions: each scheme meets those of its order; Euler and Heun miss the next order's."""
+    for name, tableau in CLASSICAL.items():
+        conditions = order_conditions(tableau)
+        for order, (value, exact) in conditions.items():
+            met = value == pytest.approx(exact, abs=1e-12)
+            assert met == (order <= tableau.order), (name, order)
+    assert [t.stages for t in CLASSICAL.values()] == [1, 2, 4]
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        ({"a": ((), (0.5,)), "b": (0.5, 0.5), "c": (0.0, 1.0), "order": 2}, "row 1 of `a` sums to 0.5, not c_1 = 1.0"),
+        ({"a": ((), (1.0,)), "b": (0.25, 0.75), "c": (0.0, 1.0), "order": 2}, "order-2 condition"),
+        ({"a": ((),), "b": (1.0, 0.0), "c": (0.0,), "order": 1}, "row i of `a` with i entries"),
+    ],
+)
+def test_an_inconsistent_tableau_is_rejected(arguments, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        ButcherTableau(**arguments)
+
+
+def test_a_tableau_of_a_new_scheme_steps_as_its_closed_form():
+    """Ralston's second-order method, given as data only, on dx/dt = A x: the degree-2 Taylor polynomial of e^{AΔt}."""
+    ralston = ButcherTableau(a=((), (2 / 3,)), b=(1 / 4, 3 / 4), c=(0.0, 2 / 3), order=2)
+    field = LinearField(A, dtype="float64")
+    stepped, remainder = runge_kutta_step(ralston, lambda x, t: field(x), tf.constant(X0), None, 0.1)
+    np.testing.assert_allclose(stepped, X0 @ taylor_matrix(A, 0.1, 2).T, rtol=1e-13)
+    np.testing.assert_array_equal(remainder, 0.0)

@@ -63,21 +63,6 @@ def test_functional_model_with_two_inputs_and_a_correction():
     np.testing.assert_allclose(out, per_sample_truth(3, 2), rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("bad", [[0.1, 0.0, 0.2], [0.1, -1.0, 0.2], [0.1, np.nan, 0.2]])
-def test_non_positive_or_non_finite_durations_are_refused_eagerly(bad):
-    layer = kt.TaylorLagrangeODE(LinearField(A))
-    with pytest.raises(ValueError, match="`duration`"):
-        layer([tf.constant(X0, tf.float32), tf.constant(bad, tf.float32)])
-
-
-def test_duration_shape_and_dtype_are_checked():
-    layer = kt.TaylorLagrangeODE(LinearField(A))
-    with pytest.raises(ValueError, match="`duration` must have shape"):
-        layer([tf.constant(X0, tf.float32), tf.ones((3, 2))])
-    with pytest.raises(TypeError, match="`duration`"):
-        layer([tf.constant(X0, tf.float32), tf.ones((3,), tf.int32)])
-
-
 OSCILLATOR = np.array([[0.0, 1.0], [-9.0, -0.6]])
 
 

@@ -176,21 +176,6 @@ def test_subclassed_tlnode_model():
     assert history.history["correction_loss"][-1] > 0
 
 
-@pytest.mark.parametrize(
-    "kwargs,error,argument",
-    [
-        (dict(correction_every=0), ValueError, "correction_every"),
-        (dict(correction_every=1.5), TypeError, "correction_every"),
-        (dict(teacher="dopri5"), TypeError, "teacher"),
-    ],
-)
-def test_bad_compile_arguments_name_the_argument(kwargs, error, argument):
-    inputs = keras.Input((2,))
-    model = kt.TLNODEModel(inputs, kt.TaylorLagrangeODE(keras.layers.Dense(2))(inputs))
-    with pytest.raises(error, match=argument):
-        model.compile(optimizer="adam", loss="mse", **kwargs)
-
-
 def parity_fit(strategy: tf.distribute.Strategy | None = None) -> dict:
     """Two epochs of a small corrected model built in `strategy`'s scope (default: none); what they leave."""
     strategy = strategy or tf.distribute.get_strategy()

@@ -545,21 +545,6 @@ def test_our_backup_survives_a_crash_while_saving(tmp_path, monkeypatch):
     _assert_weights_close(fresh.get_weights(), saved, atol=0)
 
 
-@pytest.mark.parametrize(
-    ("kwargs", "error", "argument"),
-    [
-        ({"backup_dir": ""}, ValueError, "backup_dir"),
-        ({"save_freq": 0}, ValueError, "save_freq"),
-        ({"save_freq": "batch"}, TypeError, "save_freq"),
-        ({"save_freq": True}, TypeError, "save_freq"),
-        ({"delete_checkpoint": 1}, TypeError, "delete_checkpoint"),
-    ],
-)
-def test_our_backup_rejects_bad_arguments(tmp_path, kwargs, error, argument):
-    with pytest.raises(error, match=argument):
-        kt.BackupAndRestore(**{"backup_dir": str(tmp_path), **kwargs})
-
-
 # --- steps_per_execution and tf.data ----------------------------------------------------------------
 
 

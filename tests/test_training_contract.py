@@ -171,11 +171,6 @@ def test_a_user_subclass_builds_functionally_trains_saves_and_reloads(tmp_path):
     assert restored.correction_every == 1
 
 
-def test_a_rank_1_input_is_rejected_naming_the_shape():
-    with pytest.raises(ValueError, match=r"at least one state dimension.*\(None,\)"):
-        kt.TaylorLagrangeODE(keras.layers.Dense(2))(keras.Input(()))
-
-
 @pytest.mark.parametrize("order", [0, 1, 3])
 def test_a_field_of_the_wrong_shape_is_rejected_at_every_order(order):
     with pytest.raises(ValueError, match=r"`fn` must return its input's shape.*\(4, 3\).*\(4, 2\)"):
