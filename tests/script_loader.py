@@ -1,18 +1,28 @@
-"""Loads an example script as a module, for the examples' smoke tests."""
+"""Loads a tutorial of examples/ or a script of benchmarks/ as a module, for their tests."""
 
 import importlib.util
 import pathlib
 import sys
 from types import ModuleType
 
-EXAMPLES = pathlib.Path(__file__).resolve().parent.parent / "examples"
+ROOT = pathlib.Path(__file__).resolve().parent.parent
 
 
-def load_example(name: str) -> ModuleType:
-    """`examples/<name>.py` as a module; the examples import their shared `harness` as a sibling."""
-    if str(EXAMPLES) not in sys.path:
-        sys.path.insert(0, str(EXAMPLES))
-    spec = importlib.util.spec_from_file_location(f"_example_{name}", EXAMPLES / f"{name}.py")
+def _load(folder: str, name: str) -> ModuleType:
+    spec = importlib.util.spec_from_file_location(f"_{folder}_{name}", ROOT / folder / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def load_example(name: str) -> ModuleType:
+    """`examples/<name>.py` as a module: a tutorial imports nothing of the repository but keras_tlnode."""
+    return _load("examples", name)
+
+
+def load_benchmark(name: str) -> ModuleType:
+    """`benchmarks/<name>.py` as a module; the benchmarks import their shared `harness` and `common` as siblings."""
+    benchmarks = str(ROOT / "benchmarks")
+    if benchmarks not in sys.path:
+        sys.path.insert(0, benchmarks)
+    return _load("benchmarks", name)
