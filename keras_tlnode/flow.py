@@ -50,7 +50,7 @@ DEFAULT_FOLD_WEIGHT = 10.0
 # Hutchinson's training fits the steps' estimate of ∫ tr(∂f/∂z) dt, not the determinants of the map
 # they compute, and nothing there can keep the steps one-to-one: with too few steps training learns
 # to exploit the estimate's error and the steps fold (measured on the 64-D digits of
-# examples/density_estimation.py, 500 training steps: folds at test points for Euler and order 1 at
+# benchmarks/density_estimation.py, 500 training steps: folds at test points for Euler and order 1 at
 # 2 steps, order 1 at 3, orders 2 and 3 at 4, Heun and RK4 at 1; none, over 2-3 seeds each, at the
 # counts below; orders 4-6 unmeasured there, their 64-D exact evaluation outgrew 12 GB). The fewest
 # steps a Hutchinson-trained flow accepts, by scheme.

@@ -421,7 +421,7 @@ class TaylorLagrangeODE(StepwiseODE):
     f-evaluations per call (`nfe`): `num_steps` times the calls of f per step,
     p+1 for the uncorrected step and max(p, 1) + p + 1 with a correction. A call
     inside k nested forward accumulators costs about 2^k plain calls;
-    `examples/benchmark.py` measures the real cost.
+    `benchmarks/benchmark.py` measures the real cost.
 
     In training mode, `remainder_weight` λ > 0 adds λ · Σ_k mean|R_k| to the
     model's losses, R_k being the last (remainder) term of step k.

@@ -1,14 +1,14 @@
 """With the package defaults, the corrected layer is never less accurate than the same layer without correction.
 
-Trained side by side by `examples/systems_suite.py` (same data, initial f_θ,
-optimiser and steps) on three of its systems, against the exact flow: the
+Trained side by side as `benchmarks/systems_suite.py` trains them (`benchmarks/common.py`: same
+data, initial f_θ, optimiser and steps) on three of its systems, against the exact flow: the
 stiff linear system from a random start and from a start near the true field,
 and a nonlinear limit cycle in a stiff region of its field.
 """
 
 import numpy as np
 import pytest
-from example_loader import load_example
+from script_loader import load_benchmark
 
 STEPS = 1000  # measured: the ratios below hold from about 400 steps on; 1000 leaves a margin
 PAIRS = 2048
@@ -16,11 +16,11 @@ PAIRS = 2048
 
 @pytest.fixture(scope="module")
 def suite():
-    return load_example("systems_suite")
+    return load_benchmark("common")
 
 
 def one_step_errors(suite, name: str) -> tuple[float, float]:
-    system = suite.known.systems()[name]
+    system = suite.systems()[name]
     data = suite.make_data(system, PAIRS, seed=0)
     config = {"steps": STEPS}
     corrected = suite.run(system, "tl_node@1", data, config, 0, f"{name} corrected")

@@ -1,20 +1,20 @@
-"""The results tables of README.md and docs/ are what the committed JSON generates (examples/docs_tables.py)."""
+"""The results tables of README.md and docs/ are what the committed JSON generates (benchmarks/docs_tables.py)."""
 
 import json
 import shutil
 
 import pytest
-from example_loader import load_example
+from script_loader import load_benchmark
 
 
 @pytest.fixture(scope="module")
 def tables():
-    return load_example("docs_tables")
+    return load_benchmark("docs_tables")
 
 
 def test_every_generated_block_is_the_committed_results(tables):
     for path, (text, generated) in tables.documents().items():
-        assert text == generated, f"{path}: regenerate its tables with python examples/docs_tables.py"
+        assert text == generated, f"{path}: regenerate its tables with python benchmarks/docs_tables.py"
 
 
 def test_each_document_holds_generated_blocks(tables):

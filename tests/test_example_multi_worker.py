@@ -7,7 +7,7 @@ two workers in test_multi_worker.py. It runs with
 """
 
 import pytest
-from example_loader import load_example
+from script_loader import load_example
 
 
 def test_tf_config_names_every_worker_and_this_one():

@@ -604,7 +604,7 @@ def test_tflite_converts_a_dynamic_batch_export_to_builtin_ops(tmp_path):
 
 @pytest.mark.slow
 def test_example_trains_exports_and_serves(tmp_path, capsys):
-    from example_loader import load_example
+    from script_loader import load_example
 
     example = load_example("export_and_serve")
     result = example.main(["--dir", str(tmp_path), "--samples", "256", "--epochs", "2", "--repeats", "3"])

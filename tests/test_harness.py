@@ -1,4 +1,4 @@
-"""The examples' shared harness: what its timings leave out, its step count, its flag checks."""
+"""The benchmarks' shared harness: what its timings leave out, its step count, its flag checks."""
 
 import argparse
 import time
@@ -6,9 +6,9 @@ import time
 import keras
 import numpy as np
 import pytest
-from example_loader import load_example
+from script_loader import load_benchmark
 
-harness = load_example("harness")
+harness = load_benchmark("harness")
 
 
 def _fit(log, steps_per_execution: int, epochs: int = 4, samples: int = 40, batch: int = 8):
@@ -70,3 +70,11 @@ def test_rk4_flow_takes_one_interval_per_state():
     )
     np.testing.assert_allclose(harness.rk4_flow(field, x, dt, max_substep=1e-3), turned, rtol=0, atol=1e-12)
     np.testing.assert_allclose(harness.rk4_flow(field, x, 0.3), harness.rk4_flow(field, x, np.full(4, 0.3)), atol=0)
+
+
+@pytest.mark.example_runs
+def test_run_script_runs_a_benchmark_as_its_command_and_returns_its_report(tmp_path):
+    """How the suite's applications and benchmark.py's part (c) include another script's runs."""
+    report = harness.run_script("irregular_series", ["--steps", "10", "--methods", "rk4", "--out", str(tmp_path)])
+    assert list(report["methods"]) == ["rk4"] and report["config"]["steps"] == 10
+    assert (tmp_path / "irregular_error_vs_gap.png").exists()

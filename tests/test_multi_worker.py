@@ -14,7 +14,7 @@ import textwrap
 import child_process
 import numpy as np
 import pytest
-from example_loader import load_example
+from script_loader import load_example
 from test_training import parity_fit
 
 WORKER_SCRIPT = textwrap.dedent(

@@ -1,7 +1,7 @@
 """What a fit traces and compiles: the train step once per fit, the teacher's solve once per trace, and
 `jit_compile=True` kept, with XLA's loss and gradients equal to graph mode's.
 
-Timings live in examples/cost.py; these count what is traced and compare numbers.
+Timings live in benchmarks/cost.py; these count what is traced and compare numbers.
 """
 
 from __future__ import annotations

@@ -1,18 +1,18 @@
-"""Smoke tests of examples/classification.py: it runs end to end at tiny sizes."""
+"""Smoke tests of benchmarks/classification.py: it runs end to end at tiny sizes."""
 
 import json
 import math
 
 import numpy as np
 import pytest
-from example_loader import load_example
+from script_loader import load_benchmark
 
 TINY = ["--epochs", "2", "--batch-size", "20", "--eval-batch-size", "15", "--steps-per-execution", "1"]
 
 
 @pytest.fixture(scope="module")
 def classification():
-    return load_example("classification")
+    return load_benchmark("classification")
 
 
 def fake_mnist(path, train=40, test=20, **overrides):

@@ -3,12 +3,12 @@
 import math
 
 import pytest
-from example_loader import load_example
+from script_loader import load_benchmark
 
 
 @pytest.fixture(scope="module")
 def benchmark():
-    return load_example("benchmark")
+    return load_benchmark("benchmark")
 
 
 def test_taylor_cost_part_reports_ratios(benchmark, tmp_path):

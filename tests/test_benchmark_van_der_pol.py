@@ -1,4 +1,4 @@
-"""Smoke tests of examples/van_der_pol.py: its data against an independent solver, and a tiny run end to end."""
+"""Smoke tests of benchmarks/van_der_pol.py: its data against an independent solver, and a tiny run end to end."""
 
 import json
 import math
@@ -7,12 +7,12 @@ import numpy as np
 import pytest
 import tensorflow as tf
 import tensorflow_probability as tfp
-from example_loader import load_example
+from script_loader import load_benchmark
 
 
 @pytest.fixture(scope="module")
 def vdp():
-    return load_example("van_der_pol")
+    return load_benchmark("van_der_pol")
 
 
 def test_van_der_pol_simulation_matches_dormand_prince(vdp):
@@ -74,7 +74,7 @@ def test_van_der_pol_main_writes_report_and_plots(vdp, tmp_path, capsys):
         "--steps-per-execution",
         "2",
         # Two methods: the plumbing is shared, and every method's layer is checked in the package's tests
-        # (DormandPrince, the costliest to trace, runs in the stiff and classification examples' tests).
+        # (DormandPrince, the costliest to trace, runs in the stiff and classification benchmarks' tests).
         "--methods",
         "tl_node",
         "rk4",

@@ -1,6 +1,6 @@
 """Irregularly sampled series: one model for every gap length. TL-NODE vs the same layer uncorrected vs RK4 vs DormandPrince.
 
-Many short series of a limit-cycle oscillator (systems.py's
+Many short series of a limit-cycle oscillator (common.py's
 `limit_cycle`, dx/dt = κ (1 - |x|²) x + ω R x, here with κ = 2 and ω = 2π: one
 turn per time unit) are observed at random times, as clinical records or sensor
 logs are: each series starts at a state uniform in area on 0.3 ≤ |x| ≤ 1.6 and
@@ -34,21 +34,20 @@ f-evaluations per prediction. The plot (into --out) is the one-step MSE
 against gap length, one line per method.
 
 Usage:
-    python examples/irregular_series.py            # --quick (default): about a minute and a half on 2 cores
-    python examples/irregular_series.py --full --json results/irregular_series.json --out results
+    python benchmarks/irregular_series.py            # --quick (default): about a minute and a half on 2 cores
+    python benchmarks/irregular_series.py --full --json benchmarks/results/irregular_series_full.json --out benchmarks/results
 """
 
 from __future__ import annotations
 
 import functools
-import itertools
 import math
 import os
 
+import common
 import harness  # sets KERAS_BACKEND before keras is imported
 import keras
 import numpy as np
-import systems
 import tensorflow as tf
 
 import keras_tlnode
@@ -78,12 +77,12 @@ METHODS = {
 
 # ---------------------------------------------------------------- data
 
-true_field = functools.partial(systems.limit_cycle, kappa=KAPPA, omega=OMEGA)
+true_field = functools.partial(common.limit_cycle, kappa=KAPPA, omega=OMEGA)
 
 
 def observe(rng: np.random.Generator, series: int) -> dict[str, np.ndarray]:
     """Pairs (x_t, gap, x_{t+gap}) from `series` series of OBSERVATIONS irregular observations each."""
-    states = [systems.annulus(rng, series)]
+    states = [common.annulus(rng, series)]
     # Exponential beyond the shortest gap; about 1% reach the longest and stop there.
     gaps = np.minimum(GAPS[0] + rng.exponential(GAP_MEAN - GAPS[0], (OBSERVATIONS - 1, series)), GAPS[1])
     for gap in gaps:
@@ -125,20 +124,12 @@ def mse_per_bin(prediction: np.ndarray, data: dict[str, np.ndarray]) -> list[flo
 
 def run(method: str, data: dict, test: dict, config: dict, label: str) -> dict:
     keras.utils.set_random_seed(config["seed"])
-    field = systems.mlp()
+    field = common.mlp()
     model, ode = build_model(method, field, config["steps"])
-    epochs, per_epoch = harness.epochs_of(config["steps"], STEPS_PER_EXECUTION)
     pairs = tf.data.Dataset.from_tensor_slices(((data["x"], data["gap"]), data["y"]))
     dataset = pairs.shuffle(len(data["x"]), seed=config["seed"]).batch(BATCH_SIZE, drop_remainder=True)
     log = harness.TrainingLog(label)
-    model.fit(
-        dataset.repeat(),
-        epochs=epochs,
-        steps_per_epoch=per_epoch,
-        verbose=0,
-        shuffle=False,  # the dataset is shuffled, in the same order for every method
-        callbacks=[log],
-    )
+    harness.fit_steps(model, dataset, config["steps"], STEPS_PER_EXECUTION, log)
     predict = tf.function(lambda inputs: model(inputs, training=False))
     prediction = np.asarray(predict([test["x"], test["gap"]]))
     rng = np.random.default_rng(config["seed"])
@@ -158,23 +149,6 @@ def run(method: str, data: dict, test: dict, config: dict, label: str) -> dict:
 
 
 # ---------------------------------------------------------------- report
-
-
-def columns() -> list[tuple[str, str, str]]:
-    bins = [(f"bin{b}", f"gap {lo:.2f}-{hi:.2f}", ".2e") for b, (lo, hi) in enumerate(itertools.pairwise(GAP_BINS))]
-    return [
-        ("one_step_mse", "all gaps", ".2e"),
-        *bins,
-        ("field_rel_error", "f rel. error", ".3f"),
-        ("nfe", "f-evals", ".0f"),
-        ("train_seconds", "train s", ".1f"),
-        ("predict_ms", "predict ms", ".2f"),
-    ]
-
-
-# The docs' tables from this script's committed results (examples/docs_tables.py).
-RESULTS = "irregular_series_full.json"
-DOC_BLOCKS = {"methods": harness.methods_block(columns())}
 
 
 def plot(path: str, results: dict) -> None:
@@ -197,7 +171,7 @@ def plot(path: str, results: dict) -> None:
 
 
 def parse_args(argv: list[str] | None):
-    parser = harness.example_parser(__doc__.splitlines()[0], "512 series, 1000 steps", "2048 series, 6000 steps")
+    parser = harness.benchmark_parser(__doc__.splitlines()[0], "512 series, 1000 steps", "2048 series, 6000 steps")
     parser.add_argument("--methods", nargs="+", choices=list(METHODS), default=list(METHODS))
     parser.add_argument("--steps", type=int, help="training steps per method (default: per mode)")
     args = parser.parse_args(argv)
@@ -223,7 +197,7 @@ def main(argv: list[str] | None = None) -> dict:
     )
     for result in results.values():
         result.update({f"bin{b}": mse for b, mse in enumerate(result["mse_per_gap_bin"])})
-    print(harness.format_table(results, columns()), flush=True)
+    print(harness.format_table(results, common.irregular_columns(GAP_BINS.tolist())), flush=True)
     plot(os.path.join(args.out, "irregular_error_vs_gap.png"), results)
     report = {"config": config, "gap_bins": GAP_BINS.tolist(), "environment": harness.environment(), "methods": results}
     if args.json:

@@ -7,7 +7,7 @@ solved exactly by the matrix exponential. Training pairs (x_t, x_{t+Δt}),
 mode by exp(-10) ≈ 4.5e-5, which no explicit fixed-step scheme applied to the
 true A reproduces (its factor is -9 for Euler, 41 for the degree-2 Taylor
 method, 291 for RK4). A learned f_θ fits each scheme's one-step map as well as
-the scheme allows; this example measures how well, on identical data, initial
+the scheme allows; this benchmark measures how well, on identical data, initial
 weights, schedule and epochs:
 
     tl_node   TaylorLagrangeODE(order=1, correction=MidpointCorrection)  (TL-NODE), trained by TLNODEModel
@@ -35,8 +35,8 @@ test trajectories, training wall-clock time, f-evaluations per prediction
 PNGs in --out (test error versus training step, training time).
 
 Usage:
-    python examples/stiff_dynamics.py            # --quick (default), under 3 minutes on 2 cores
-    python examples/stiff_dynamics.py --full --json stiff.json --out results/
+    python benchmarks/stiff_dynamics.py            # --quick (default), under 3 minutes on 2 cores
+    python benchmarks/stiff_dynamics.py --full --json benchmarks/results/stiff_dynamics_full.json --out benchmarks/results
 """
 
 from __future__ import annotations
@@ -46,14 +46,13 @@ import math
 import os
 import sys
 
-import harness  # the examples' shared reporting; sets KERAS_BACKEND before keras is imported
+import common
+import harness  # the benchmarks' shared reporting; sets KERAS_BACKEND before keras is imported
 import keras
 import numpy as np
 import tensorflow as tf
 
-DT = 0.01
-EIGENVALUES = np.array([-1000.0, -1.0])
-P = np.array([[3.0, 1.0], [1.0, -2.0]])
+DT = common.STIFF_DT  # the system (its matrix, its exact propagator) is defined in common.py
 STATE_LOW, STATE_HIGH = -0.5, 0.5
 
 # Training set size and epochs per mode (each overridable on the command line).
@@ -87,19 +86,9 @@ JIT_COMPILE = True
 # ---------------------------------------------------------------- exact system
 
 
-def system_matrix() -> np.ndarray:
-    """A = P^-1 diag(-1000, -1) P."""
-    return np.linalg.inv(P) @ np.diag(EIGENVALUES) @ P
-
-
-def exact_propagator(dt: float) -> np.ndarray:
-    """expm(A dt) = P^-1 diag(exp(λ dt)) P, from A's eigendecomposition (float64)."""
-    return np.linalg.inv(P) @ np.diag(np.exp(EIGENVALUES * dt)) @ P
-
-
 def simulate(x0: np.ndarray, num_steps: int, dt: float = DT) -> np.ndarray:
     """Exact states at t = 0, dt, ..., num_steps·dt: shape (batch, num_steps + 1, 2), float64."""
-    step = exact_propagator(dt).T  # row vectors: x_{k+1} = x_k @ expm(A dt)^T
+    step = common.stiff_propagator(dt).T  # row vectors: x_{k+1} = x_k @ expm(A dt)^T
     states = [np.asarray(x0, dtype=np.float64)]
     for _ in range(num_steps):
         states.append(states[-1] @ step)
@@ -173,7 +162,7 @@ def field_error(ode: keras.layers.Layer, test_x: np.ndarray) -> float:
     A small one-step error does not mean that f_θ is the true vector field:
     a scheme's learned map can be exact while its f is far from A.
     """
-    return harness.relative_l2(ode.vector_field(test_x), test_x.astype(np.float64) @ system_matrix().T)
+    return harness.relative_l2(ode.vector_field(test_x), test_x.astype(np.float64) @ common.stiff_matrix().T)
 
 
 def prediction_seconds(model: keras.Model, data: dict, batch_size: int, repeats: int) -> float:
@@ -231,7 +220,7 @@ def comparisons(results: dict) -> dict:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = harness.example_parser(__doc__.splitlines()[0], "small run", "100 trajectories of 20 s")
+    parser = harness.benchmark_parser(__doc__.splitlines()[0], "small run", "100 trajectories of 20 s")
     parser.add_argument("--epochs", type=int, help="training epochs (default: per mode)")
     parser.add_argument("--trajectories", type=int, help="training trajectories (default: per mode)")
     parser.add_argument("--seconds", type=float, help="length of each trajectory in s (default: per mode)")
@@ -280,20 +269,6 @@ def make_config(args: argparse.Namespace) -> dict:
     return config
 
 
-COLUMNS = [
-    ("field_rel_error", "f rel. error", ".2f"),
-    ("rollout_rel_l2", "rollout rel. L2", ".3g"),
-    ("one_step_mse", "one-step MSE", ".2e"),
-    ("train_seconds", "train s", ".1f"),
-    ("step_ms", "ms / step", ".2f"),
-    ("nfe", "f-evals", ".0f"),
-    ("predict_ms", "predict ms", ".2f"),
-]
-# The docs' tables from this script's committed results (examples/docs_tables.py).
-RESULTS = "stiff_dynamics_full.json"
-DOC_BLOCKS = {"methods": harness.methods_block(COLUMNS)}
-
-
 def report_plots(results: dict, out: str) -> None:
     curves = {r["label"]: (r["curve"]["steps"], r["curve"]["one_step_mse"]) for r in results.values()}
     harness.plot_curves(
@@ -323,7 +298,7 @@ def main(argv: list[str] | None = None) -> dict:
     )
     results = harness.run_methods(args.methods, lambda method, position: run_method(method, data, config, position))
     print()
-    print(harness.format_table(results, COLUMNS))
+    print(harness.format_table(results, common.STIFF_COLUMNS))
     ratios = comparisons(results)
     for name, value in ratios.items():
         print(f"{name}: {value:.3g}")

@@ -1,7 +1,8 @@
-"""What the examples share: the methods' models, the run environment, timing, progress lines, curves, tables, JSON, plots.
+"""What the benchmarks share: the methods' models, the run environment, timing, progress lines, curves, tables, JSON, plots.
 
-Each example is a script (`python examples/<name>.py`), so this module is
-imported as a sibling; nothing here is part of the keras_tlnode package.
+Each benchmark is a script (`python benchmarks/<name>.py`) that imports this module and common.py as
+siblings, never another script; where one benchmark includes another's runs, it runs that script as a
+command (`run_script`). Nothing here is part of the keras_tlnode package.
 """
 
 from __future__ import annotations
@@ -11,7 +12,9 @@ import json
 import math
 import os
 import platform
+import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterable
 
@@ -25,7 +28,7 @@ import tensorflow as tf
 import keras_tlnode
 
 # Each evaluated model gets its own predict function; TensorFlow's "retracing"
-# warning about that is expected in the examples.
+# warning about that is expected in the benchmarks.
 tf.get_logger().setLevel("ERROR")
 
 
@@ -44,8 +47,8 @@ def environment() -> dict:
     }
 
 
-def example_parser(description: str, quick_help: str, full_help: str) -> argparse.ArgumentParser:
-    """The command line every example shares: --quick (default) or --full, --seed, --json PATH, --out DIR."""
+def benchmark_parser(description: str, quick_help: str, full_help: str) -> argparse.ArgumentParser:
+    """The command line every benchmark shares: --quick (default) or --full, --seed, --json PATH, --out DIR."""
     parser = argparse.ArgumentParser(description=description)
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument("--quick", dest="mode", action="store_const", const="quick", help=f"{quick_help} (default)")
@@ -57,7 +60,7 @@ def example_parser(description: str, quick_help: str, full_help: str) -> argpars
     return parser
 
 
-# The methods every example compares, by one name each.
+# The methods the benchmarks compare, by one name each.
 METHOD_LAYERS = {
     "tl_node": "TaylorLagrangeODE(correction=MidpointCorrection()) at the package's order, trained by TLNODEModel (TL-NODE)",
     "uncorrected": "TaylorLagrangeODE at the package's order, without correction",
@@ -79,7 +82,7 @@ def ode_layer(
     tolerance: float = 1e-6,
     **common,
 ) -> keras.layers.Layer:
-    """The ODE layer of `method` (a key of METHOD_LAYERS) around `field`: the one way the examples build it.
+    """The ODE layer of `method` (a key of METHOD_LAYERS) around `field`: the one way the benchmarks build it.
 
     `correction` (default `MidpointCorrection()`) and `remainder_weight` apply to
     "tl_node" only, `tolerance` (rtol = atol) to "dopri" only; `common` (e.g.
@@ -147,6 +150,19 @@ def epochs_of(steps: int, steps_per_execution: int, largest_epoch: int = 100) ->
     return steps // per_epoch, per_epoch
 
 
+def fit_steps(
+    model: keras.Model, dataset: tf.data.Dataset, steps: int, steps_per_execution: int, log: keras.callbacks.Callback
+) -> keras.callbacks.History:
+    """Trains `model` for exactly `steps` steps on `dataset` repeated, in whole executions (`epochs_of`).
+
+    `shuffle=False`: the dataset shuffles itself, in the same seeded order for every method.
+    """
+    epochs, per_epoch = epochs_of(steps, steps_per_execution)
+    return model.fit(
+        dataset.repeat(), epochs=epochs, steps_per_epoch=per_epoch, verbose=0, shuffle=False, callbacks=[log]
+    )
+
+
 def decaying_adam(initial: float, final: float, total_steps: int) -> keras.optimizers.Adam:
     """Adam whose learning rate decays exponentially from `initial` to `final` over `total_steps`."""
     schedule = keras.optimizers.schedules.ExponentialDecay(
@@ -186,7 +202,7 @@ def rk4_flow(
     dt: float | np.ndarray,
     max_substep: float = 5e-4,
 ) -> np.ndarray:
-    """The states `dt` later under dx/dt = field(x): float64 RK4 in substeps of at most `max_substep` (the truth of the examples).
+    """The states `dt` later under dx/dt = field(x): float64 RK4 in substeps of at most `max_substep` (the truth of the benchmarks).
 
     `dt` is one interval for every state or one per state, shape `(batch,)`;
     every state then takes the same number of substeps, each of its own size.
@@ -238,7 +254,7 @@ def median_seconds(fn: Callable[[object], object], inputs: list, warmup: int = 2
 def training_pipeline(
     x: np.ndarray, y: np.ndarray, batch_size: int, seed: int, drop_remainder: bool = False
 ) -> tf.data.Dataset:
-    """Pairs (x, y) reshuffled every epoch, in the same seeded order for every method of an example.
+    """Pairs (x, y) reshuffled every epoch, in the same seeded order for every method of a benchmark.
 
     A tf.data pipeline built once costs far less per epoch than Keras's NumPy
     adapter, which matters at a few steps per epoch. `drop_remainder` keeps
@@ -349,7 +365,7 @@ def table_cells(row: dict, columns: list[tuple[str, str, str]]) -> list[str]:
 
 
 def markdown_table(rows: dict[str, dict], columns: list[tuple[str, str, str]], first: str = "method") -> str:
-    """The same table as `format_table`, in Markdown, for the docs (examples/docs_tables.py)."""
+    """The same table as `format_table`, in Markdown, for the docs (docs_tables.py)."""
     lines = [
         f"| {first} | " + " | ".join(header for _, header, _ in columns) + " |",
         "| --- |" + " ---: |" * len(columns),
@@ -360,7 +376,7 @@ def markdown_table(rows: dict[str, dict], columns: list[tuple[str, str, str]], f
 
 
 def methods_block(columns: list[tuple[str, str, str]]) -> Callable[[dict], str]:
-    """A docs block of an example (examples/docs_tables.py): its report's methods as a Markdown table."""
+    """A docs block (common.DOC_TABLES): its report's methods as a Markdown table."""
     return lambda report: markdown_table(report["methods"], columns)
 
 
@@ -382,6 +398,21 @@ def finite_or_null(value: object) -> object:
     if isinstance(value, (list, tuple)):
         return [finite_or_null(item) for item in value]
     return value
+
+
+def run_script(name: str, argv: list[str]) -> dict:
+    """Runs `benchmarks/<name>.py argv --json PATH` in a process of its own and returns the report it wrote.
+
+    How a benchmark includes another's runs (the suite's applications,
+    benchmark.py's part (c)): the script runs as its command line runs it, and
+    nothing is imported from it. Its progress lines go to this process's output.
+    """
+    script = os.path.join(os.path.dirname(os.path.abspath(__file__)), f"{name}.py")
+    with tempfile.TemporaryDirectory() as scratch:
+        path = os.path.join(scratch, f"{name}.json")
+        subprocess.run([sys.executable, script, *argv, "--json", path], check=True)
+        with open(path) as handle:
+            return json.load(handle)
 
 
 def pyplot():

@@ -1,16 +1,16 @@
-"""Smoke test of the irregular-series example: its data against a tight adaptive solve, its report and plot."""
+"""Smoke test of the irregular-series benchmark: its data against a tight adaptive solve, its report and plot."""
 
 import json
 import math
 
 import numpy as np
 import pytest
-from example_loader import load_example
+from script_loader import load_benchmark
 
 
 @pytest.fixture(scope="module")
 def example():
-    return load_example("irregular_series")
+    return load_benchmark("irregular_series")
 
 
 def test_observations_follow_the_true_flow_over_each_gap(example):

@@ -1,16 +1,16 @@
-"""The numbers behind the README, side by side in one process, printed as ratios (this machine is noisy).
+"""The numbers behind the README, side by side in one run, printed as ratios (this machine is noisy).
 
 (a) Cost of `taylor_coefficients` at orders 0..4 relative to one evaluation of f,
     for an MLP 32-256-256-32 (tanh) at batch 1024, in a graph and under XLA.
 (b) Inference latency per batch of TL-NODE against DormandPrince at matched
     accuracy: f is a known vector field (the stiff linear system of
-    `stiff_dynamics.py` at Δt = 0.002, where λΔt = -2 for its fast mode,
+    `stiff_dynamics.py` (`common.stiff_matrix`) at Δt = 0.002, where λΔt = -2 for its fast mode,
     Van der Pol with μ = 8 at Δt = 0.05, and the random MLP of (a) at Δt = 0.1,
     where f's cost dominates), TL-NODE's Γ_φ is fitted to
     it by `TLNODEModel` (f frozen), and DormandPrince gets the loosest tolerance
     whose one-step error is no larger than TL-NODE's.
 (c) The quick stiff-dynamics and classification comparisons
-    (`stiff_dynamics.py --quick`, `classification.py --quick`).
+    (`stiff_dynamics.py --quick`, `classification.py --quick`, each run as its script).
 (d) Cost of a training step on the stiff system at batch 500, f_θ = Dense(64) →
     Dense(2) started near the true field (so the baseline meets the stiffness it
     would meet in training): `TLNODEModel` with the package defaults (teacher
@@ -19,14 +19,14 @@
     phase 1, the teacher solve and the Γ_φ updates.
 (e) TL-NODE against the baseline where it matters to a user, on the stiff
     system: time to accuracy from a random start (`systems_suite.py`'s runs of
-    `stiff_random`, TL-NODE at the package defaults and DormandPrince 1e-6, over
+    `stiff_random`, `common.run`, TL-NODE at the package defaults and DormandPrince 1e-6, over
     seeds: the wall-clock at which each first reaches 1.2x the baseline's final
     test error), and the ms per training step of each at two sizes of f_θ,
     both linear and started near the true field: the paper's 2-64-2 and
     2-512-512-2, where f's evaluations dominate the step (graph and XLA, 10
     steps per execution).
 
-    python examples/benchmark.py [--parts a b c d e] [--json PATH] [--out DIR]
+    python benchmarks/benchmark.py [--parts a b c d e] [--json PATH] [--out DIR]
 """
 
 from __future__ import annotations
@@ -37,7 +37,8 @@ import sys
 import time
 from collections.abc import Callable
 
-import harness  # the examples' shared helpers; sets KERAS_BACKEND before keras is imported
+import common
+import harness  # the benchmarks' shared helpers; sets KERAS_BACKEND before keras is imported
 import keras
 import numpy as np
 import tensorflow as tf
@@ -110,11 +111,9 @@ class VanDerPol(keras.layers.Layer):
 
 def stiff_field(dtype: str = "float32") -> keras.layers.Layer:
     """The stiff linear system of `stiff_dynamics.py`, dx/dt = A x, as a frozen Dense layer."""
-    from stiff_dynamics import system_matrix
-
     field = keras.layers.Dense(2, use_bias=False, trainable=False, dtype=dtype)
     field.build((None, 2))
-    field.set_weights([system_matrix().T.astype(dtype)])
+    field.set_weights([common.stiff_matrix().T.astype(dtype)])
     return field
 
 
@@ -235,11 +234,8 @@ def stiff_training_model(
     method: str, jit_compile: bool, steps_per_execution: int, widths: tuple[int, ...] = (64,), **compile_kwargs
 ) -> keras.Model:
     """The stiff one-step model of `method` ("tl_node" or "dopri"), compiled; f_θ (linear, hidden `widths`) starts near the true field."""
-    from stiff_dynamics import DT
-    from systems import linear_mlp, stiff_near_matrix
-
     keras.utils.set_random_seed(0)
-    field = linear_mlp(stiff_near_matrix(), widths)()
+    field = common.linear_mlp(common.stiff_near_matrix(), widths)()
     inputs = keras.Input((2,))
     options = dict(
         optimizer=keras.optimizers.Adam(1e-3),
@@ -247,7 +243,7 @@ def stiff_training_model(
         jit_compile=jit_compile,
         steps_per_execution=steps_per_execution,
     )
-    ode = harness.ode_layer(method, field, DT, tolerance=BASELINE_TOLERANCE)
+    ode = harness.ode_layer(method, field, common.STIFF_DT, tolerance=BASELINE_TOLERANCE)
     model = harness.model_class(method)(inputs, ode(inputs))
     model.compile(**options, **compile_kwargs)
     return model
@@ -273,17 +269,15 @@ TEACHER_SETTINGS = [(1e-4, "float64"), (1e-6, "float32"), (1e-6, "float64"), (1e
 
 def teacher_accuracy(samples: int, repeats: int, settings: list = TEACHER_SETTINGS) -> list[dict]:
     """The teacher's targets against the exact flow on the stiff system (f = A), and ms per solve, per setting."""
-    from stiff_dynamics import DT, exact_propagator
-
     rng = np.random.default_rng(1)
     batches = [rng.uniform(-0.5, 0.5, (samples, 2)).astype("float32") for _ in range(repeats + 2)]
-    truth = batches[0].astype("float64") @ exact_propagator(DT).T
+    truth = batches[0].astype("float64") @ common.stiff_propagator(common.STIFF_DT).T
     field = stiff_field()
     rows = []
     for tolerance, dtype in settings:
         for jit_compile in (False, True):
             teacher = keras_tlnode.DormandPrinceTeacher(tolerance, tolerance, dtype=dtype, jit_compile=jit_compile)
-            solve = tf.function(lambda x, teacher=teacher: teacher.solve(field, x, DT))
+            solve = tf.function(lambda x, teacher=teacher: teacher.solve(field, x, common.STIFF_DT))
             solution = solve(tf.constant(batches[0]))
             rows.append(
                 {
@@ -307,10 +301,8 @@ def teacher_accuracy(samples: int, repeats: int, settings: list = TEACHER_SETTIN
 
 def stiff_dataset() -> tf.data.Dataset:
     """Batches of TRAIN_BATCH exact one-step pairs of the stiff system, repeated."""
-    from stiff_dynamics import DT, exact_propagator
-
     x = np.random.default_rng(0).uniform(-0.5, 0.5, (TRAIN_BATCH * 16, 2)).astype("float32")
-    y = (x @ exact_propagator(DT).T).astype("float32")
+    y = (x @ common.stiff_propagator(common.STIFF_DT).T).astype("float32")
     return tf.data.Dataset.from_tensor_slices((x, y)).batch(TRAIN_BATCH).repeat().prefetch(tf.data.AUTOTUNE)
 
 
@@ -379,27 +371,25 @@ FIELD_SIZES = {"2-64-2": (64,), "2-512-512-2": (512, 512)}
 
 def time_to_accuracy(seeds: list[int], steps: int) -> dict:
     """systems_suite.py's stiff_random runs of TL-NODE (defaults) and DormandPrince 1e-6: time to accuracy per seed."""
-    import systems_suite
-
-    system = systems_suite.known.systems()["stiff_random"]
-    data = systems_suite.make_data(system, systems_suite.MODES["full"]["pairs"], 0)
+    system = common.systems()["stiff_random"]
+    data = common.make_data(system, common.FULL_PAIRS, 0)
     runs = {
         key: [
-            systems_suite.run(system, key, data, {"steps": steps}, seed, f"(e) stiff_random {key} seed {seed}")
+            common.run(system, key, data, {"steps": steps}, seed, f"(e) stiff_random {key} seed {seed}")
             for seed in seeds
         ]
-        for key in ("tl_node@1", systems_suite.REFERENCE)
+        for key in ("tl_node@1", common.REFERENCE)
     }
-    systems_suite.add_times_to_accuracy(runs)
-    summary = {key: systems_suite.summarise(results) for key, results in runs.items()}
-    speedup = systems_suite.speedup(summary, "tl_node@1")
-    number = systems_suite.number
+    common.add_times_to_accuracy(runs)
+    summary = {key: common.summarise(results) for key, results in runs.items()}
+    speedup = common.speedup(summary, "tl_node@1")
+    number = common.number
     print(
         f"(e) stiff system from a random start, {steps} steps, seeds {seeds}: time to 1.2x DormandPrince's final "
-        f"test error, TL-NODE {number(systems_suite.median(summary, 'tl_node@1', 'to_accuracy_s'), '.1f')} s, "
-        f"DormandPrince {number(systems_suite.median(summary, systems_suite.REFERENCE, 'to_accuracy_s'), '.1f')} s: "
+        f"test error, TL-NODE {number(common.median(summary, 'tl_node@1', 'to_accuracy_s'), '.1f')} s, "
+        f"DormandPrince {number(common.median(summary, common.REFERENCE, 'to_accuracy_s'), '.1f')} s: "
         f"{number(speedup, '.1f')}x; final one-step MSE {summary['tl_node@1']['one_step']['median']:.1e} vs "
-        f"{summary[systems_suite.REFERENCE]['one_step']['median']:.1e}",
+        f"{summary[common.REFERENCE]['one_step']['median']:.1e}",
         flush=True,
     )
     return {
@@ -442,145 +432,16 @@ def step_ratio_by_size(
     return report
 
 
-# ---------------------------------------------------------------- (c) examples
+# ---------------------------------------------------------------- (c) the quick comparisons
 
 
 def quick_examples(out: str) -> dict:
-    """The quick comparisons of the stiff and classification examples, in this process."""
-    import classification
-    import stiff_dynamics
-
+    """The quick comparisons of stiff_dynamics.py and classification.py, each run as its script (plots into `out`)."""
     print("(c) stiff_dynamics.py --quick")
-    stiff = stiff_dynamics.main(["--quick", "--out", out])
+    stiff = harness.run_script("stiff_dynamics", ["--quick", "--out", out])
     print("\n(c) classification.py --quick")
-    digits = classification.main(["--quick", "--out", out])
+    digits = harness.run_script("classification", ["--quick", "--out", out])
     return {"stiff_dynamics": stiff, "classification": digits}
-
-
-# ---------------------------------------------------------------- the docs' tables
-
-
-def taylor_cost_block(results: dict) -> str:
-    """(a): the cost of taylor_coefficients per order, relative to one call of f."""
-    cost = results["taylor_cost"]["taylor_cost"]
-    lines = ["| order | graph (`tf.function`) | XLA (`jit_compile=True`) |", "| ---: | ---: | ---: |"]
-    for order in cost["graph"]["orders"]:
-        cells = [f"{cost[mode]['orders'][order]['ratio_to_f']:.1f}x" for mode in ("graph", "xla")]
-        lines.append(f"| {order} | " + " | ".join(cells) + " |")
-    lines.append(
-        f"| one call of f | {1e3 * cost['graph']['f_seconds']:.2f} ms | {1e3 * cost['xla']['f_seconds']:.2f} ms |"
-    )
-    return "\n".join(lines)
-
-
-def latency_block(results: dict) -> str:
-    """(b): TL-NODE's prediction against DormandPrince at the loosest tolerance as accurate."""
-    lines = [
-        "| field, Δt | TL-NODE error | TL-NODE ms (f-evals) | DormandPrince as accurate | its ms (f-evals) "
-        "| TL-NODE faster by |",
-        "| --- | ---: | ---: | --- | ---: | ---: |",
-    ]
-    for name, field in results["latency"]["inference"].items():
-        tl, matched = field["tl_node"], field["matched"]
-        if not matched["reached"]:
-            lines.append(f"| {name} | {tl['error']:.1e} | {tl['ms']:.2f} ({tl['nfe']}) | none as accurate | - | - |")
-            continue
-        dopri = next(row for row in field["dopri5"] if row["tolerance"] == matched["tolerance"])
-        lines.append(
-            f"| {name} | {tl['error']:.1e} | {tl['ms']:.2f} ({tl['nfe']}) "
-            f"| tol {dopri['tolerance']:.0e}: {dopri['error']:.1e} | {dopri['ms']:.2f} ({dopri['nfe']}) "
-            f"| {matched['speedup']:.1f}x |"
-        )
-    return "\n".join(lines)
-
-
-def quick_block(example: str) -> Callable[[dict], str]:
-    """(c): one example's quick run, as its own table."""
-
-    def block(results: dict) -> str:
-        module = __import__(example)
-        return harness.markdown_table(results["benchmark"]["examples"][example]["methods"], module.COLUMNS)
-
-    return block
-
-
-def teacher_block(results: dict) -> str:
-    """(d): the teacher's targets against the exact flow, per solve of the default states."""
-    rows: dict[tuple, dict] = {}
-    for row in results["training_step"]["training_step"]["teacher"]:
-        entry = rows.setdefault((row["tolerance"], row["dtype"]), {"nfe": row["nfe"], "mse": row["target_mse"]})
-        entry["xla" if row["jit_compile"] else "graph"] = row["ms"]
-    lines = [
-        "| teacher rtol = atol, dtype | target MSE | f-evals | ms, graph | ms, XLA |",
-        "| --- | ---: | ---: | ---: | ---: |",
-    ]
-    for (tolerance, dtype), entry in rows.items():
-        lines.append(
-            f"| {tolerance:.0e}, {dtype} | {entry['mse']:.1e} | {entry['nfe']} | {entry['graph']:.2f} "
-            f"| {entry['xla']:.2f} |"
-        )
-    return "\n".join(lines)
-
-
-def training_step_block(results: dict) -> str:
-    """(d): one training step of TL-NODE, its parts, and DormandPrince's, per setting."""
-    lines = [
-        "| setting | TL-NODE ms | phase 1 | teacher | Γ updates | correction share | DormandPrince 1e-6 ms | ratio |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
-    ]
-    for name, row in results["training_step"]["training_step"]["settings"].items():
-        lines.append(
-            f"| {name} | {row['tl_node']:.2f} | {row['phase1']:.2f} | {row['teacher_per_step']:.2f} "
-            f"| {row['updates_per_step']:.2f} | {row['teacher_share']:.0%} | {row['dopri']:.1f} | {row['speedup']:.1f}x |"
-        )
-    return "\n".join(lines)
-
-
-def against_baseline_block(results: dict) -> str:
-    """(e): time to accuracy on the stiff system from a random start, and the step ratio at two sizes of f."""
-    found = results["time_to_accuracy"]["against_baseline"]
-    accuracy = found["time_to_accuracy"]
-    lines = [
-        "| run | TL-NODE | DormandPrince 1e-6 | ratio |",
-        "| --- | ---: | ---: | ---: |",
-    ]
-    tl, dopri = (accuracy["summary"][key] for key in ("tl_node@1", "dopri"))
-    times = [
-        "never" if e["to_accuracy_s"]["median"] is None else f"{e['to_accuracy_s']['median']:.1f}" for e in (tl, dopri)
-    ]
-    speedup = "-" if accuracy["speedup"] is None else f"{accuracy['speedup']:.1f}x"
-    lines.append(
-        f"| time to 1.2x DormandPrince's final one-step MSE, s ({accuracy['steps']} steps, "
-        f"median of {len(accuracy['seeds'])} seeds) | {times[0]} | {times[1]} | {speedup} |"
-    )
-    lines.append(
-        f"| final one-step MSE | {tl['one_step']['median']:.1e} | {dopri['one_step']['median']:.1e} "
-        f"| {tl['one_step']['median'] / dopri['one_step']['median']:.2g}x |"
-    )
-    for name, row in found["step_by_field_size"].items():
-        lines.append(
-            f"| ms per training step, f_θ {name} | {row['tl_node']:.2f} | {row['dopri']:.2f} | {row['ratio']:.1f}x |"
-        )
-    return "\n".join(lines)
-
-
-# The docs' tables from this script's committed results (examples/docs_tables.py).
-RESULTS = {
-    "benchmark": "benchmark.json",
-    "taylor_cost": "benchmark_taylor_cost.json",
-    "latency": "benchmark_latency.json",
-    "training_step": "benchmark_training_step.json",
-    "time_to_accuracy": "benchmark_time_to_accuracy.json",
-}
-DOC_BLOCKS = {
-    "taylor_cost": taylor_cost_block,
-    "latency": latency_block,
-    "quick_stiff": quick_block("stiff_dynamics"),
-    "quick_digits": quick_block("classification"),
-    "teacher": teacher_block,
-    "training_step": training_step_block,
-    "against_baseline": against_baseline_block,
-}
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -23,7 +23,7 @@ Timings need a quiet machine: the children run one after another, nothing
 else should run beside them. Quick: the small size, one run each; full: both
 sizes, 3 runs each (medians).
 
-    python examples/cost.py [--quick | --full] [--methods ...] [--json PATH]
+    python benchmarks/cost.py [--quick | --full] [--methods ...] [--json PATH]   # committed: --full --json benchmarks/results/cost.json| --full] [--methods ...] [--json PATH]
 """
 
 from __future__ import annotations
@@ -35,7 +35,8 @@ import subprocess
 import sys
 import time
 
-import harness  # first: it sets the Keras backend
+import common
+import harness  # sets the Keras backend before keras is imported
 import keras
 import numpy as np
 import tensorflow as tf
@@ -54,7 +55,6 @@ MODES = {
     "quick": {"sizes": ["small"], "repeats": 1, "steps": 200, "segments": 5},
     "full": {"sizes": list(SIZES), "repeats": 3, "steps": 200, "segments": 5},
 }
-RESULTS = "cost.json"
 
 
 def problem(size: dict, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -188,16 +188,6 @@ def summarise(runs: dict) -> dict:
     return summary
 
 
-COLUMNS = [
-    ("evaluations_per_step", "f-evals", ".0f"),
-    ("step_ms", "step ms", ".2f"),
-    ("step_ratio", "step × RK4", ".2f"),
-    ("one_off_s", "one-off s", ".1f"),
-    ("one_off_ratio", "one-off × RK4", ".1f"),
-    ("tracing_s", "tracing s", ".1f"),
-    ("compilation_and_first_execution_s", "compile + 1st run s", ".1f"),
-    ("concrete_functions", "traces", "d"),
-]
 LABELS = {
     "floor": "x + Δt·f(x) (the floor)",
     "euler": "Euler",
@@ -209,30 +199,13 @@ LABELS = {
 }
 
 
-def summary_block(report: dict) -> str:
-    """The summary, one Markdown table per size and setting (docs/benchmarks.md)."""
-    config = report["config"]
-    parts = [
-        f"Each method in a fresh process; {config.get('repeats', 1)} run(s) each (medians); step = the fastest of "
-        f"{config.get('segments', 5)} segments of {config.get('steps', 200)} steps; ratios to RK4 in the same size "
-        "and setting."
-    ]
-    for size, by_setting in report["summary"].items():
-        for setting, rows in by_setting.items():
-            parts.append(f"**{size}, {setting}**\n\n" + harness.markdown_table(rows, COLUMNS))
-    return "\n\n".join(parts)
-
-
-DOC_BLOCKS = {"summary": summary_block}
-
-
 def main(argv: list[str] | None = None) -> dict:
     argv = sys.argv[1:] if argv is None else argv
     if argv and argv[0] == "--child":
         method, size, setting, steps, segments = argv[1:6]
         print(json.dumps(measure(method, size, setting, int(steps), int(segments))))
         return {}
-    parser = harness.example_parser(
+    parser = harness.benchmark_parser(
         __doc__.splitlines()[0],
         "the small size, graph and XLA, one run per method, about 5 minutes",
         "both sizes, graph and XLA, 3 runs per method (medians), about 30 minutes",
@@ -265,7 +238,7 @@ def main(argv: list[str] | None = None) -> dict:
     for size, by_setting in summary.items():
         for setting, rows in by_setting.items():
             print(f"\n{size}, {setting}:")
-            print(harness.format_table(rows, COLUMNS))
+            print(harness.format_table(rows, common.COST_COLUMNS))
     report = {
         "config": {**config, "methods": args.methods, "settings": args.settings, "dt": DT, "sizes_spec": SIZES},
         "environment": harness.environment(),

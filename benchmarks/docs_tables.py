@@ -1,44 +1,37 @@
 """The results tables of README.md and docs/, generated from the committed JSON of the scripts that measured them.
 
 A generated table sits in a document between `<!-- results:SCRIPT.BLOCK -->`
-and `<!-- /results:SCRIPT.BLOCK -->`: BLOCK is a function of
-`examples/SCRIPT.py`'s `DOC_BLOCKS`, called on that script's committed
-results (`RESULTS`, under examples/results/). Nothing between the markers is
-written by hand, and tests/test_docs_tables.py fails when a document differs
-from what its results generate.
+and `<!-- /results:SCRIPT.BLOCK -->`: `common.DOC_TABLES[SCRIPT]` names the
+results SCRIPT committed (under benchmarks/results/) and the function that
+renders BLOCK from them (the paper's claims, drawn from several scripts'
+results, are rendered here). No script is imported. Nothing between the
+markers is written by hand, and tests/test_docs_tables.py fails when a
+document differs from what its results generate.
 
 Usage:
-    python examples/docs_tables.py            # rewrite every generated block
-    python examples/docs_tables.py --check    # list the blocks that differ, exit 1 if any
+    python benchmarks/docs_tables.py            # rewrite every generated block
+    python benchmarks/docs_tables.py --check    # list the blocks that differ, exit 1 if any
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import os
 import re
 import sys
-from collections.abc import Callable
+
+import common
 
 ROOT = os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-RESULTS_DIR = os.path.join("examples", "results")
+RESULTS_DIR = os.path.join("benchmarks", "results")
 # The documents that hold generated blocks.
 DOCUMENTS = ("README.md", "docs/results.md", "docs/benchmarks.md")
 MARKER = re.compile(r"<!-- results:([\w.]+) -->")
 
 
-def script(name: str):
-    """examples/<name>.py as a module (the examples import each other as siblings)."""
-    examples = os.path.join(ROOT, "examples")
-    if examples not in sys.path:
-        sys.path.insert(0, examples)
-    return importlib.import_module(name)
-
-
 def load_results(paths: str | dict[str, str], root: str = ROOT) -> dict:
-    """A script's committed results: one report, or {name: report} when its RESULTS names several."""
+    """A script's committed results: one report, or {name: report} when `paths` names several."""
     if isinstance(paths, dict):
         return {name: load_results(path, root) for name, path in paths.items()}
     with open(os.path.join(root, RESULTS_DIR, paths)) as handle:
@@ -48,11 +41,12 @@ def load_results(paths: str | dict[str, str], root: str = ROOT) -> dict:
 def block(name: str, root: str = ROOT) -> str:
     """The generated content of block `SCRIPT.BLOCK`, from SCRIPT's committed results under `root`."""
     script_name, _, block_name = name.partition(".")
-    module = script(script_name)
-    blocks: dict[str, Callable[[dict], str]] = module.DOC_BLOCKS
-    if block_name not in blocks:
-        raise ValueError(f"unknown block {name!r}: examples/{script_name}.py generates {sorted(blocks)}")
-    return blocks[block_name](load_results(module.RESULTS, root))
+    if script_name not in TABLES:
+        raise ValueError(f"unknown block {name!r}: no script's results named {script_name!r}; known: {sorted(TABLES)}")
+    tables = TABLES[script_name]
+    if block_name not in tables.blocks:
+        raise ValueError(f"unknown block {name!r}: {script_name} generates {sorted(tables.blocks)}")
+    return tables.blocks[block_name](load_results(tables.results, root))
 
 
 def replace_block(text: str, name: str, content: str) -> str:
@@ -208,14 +202,15 @@ def claims_block(results: dict) -> str:
     return "\n".join(lines)
 
 
-RESULTS = {
+CLAIMS_RESULTS = {
     "stiff": "stiff_dynamics_full.json",
     "digits": "classification_full.json",
     "suite": "systems_suite_full.json",
     "training_step": "benchmark_training_step.json",
     "latency": "benchmark_latency.json",
 }
-DOC_BLOCKS = {"claims": claims_block}
+# Every generated block, by the name in its markers.
+TABLES = {**common.DOC_TABLES, "docs_tables": common.DocTables(CLAIMS_RESULTS, {"claims": claims_block})}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -47,9 +47,9 @@ since); inference runs under XLA for every method. Every method runs
 `steps_per_execution` (default 10) steps per call of Keras's train function.
 
 Usage:
-    python examples/classification.py            # --quick (default): digits, 20 epochs, about a minute on 2 cores
-    python examples/classification.py --full --json digits.json --out results/
-    python examples/classification.py --full --mnist ~/data/mnist.npz --epochs 10
+    python benchmarks/classification.py            # --quick (default): digits, 20 epochs, about a minute on 2 cores
+    python benchmarks/classification.py --full --json benchmarks/results/classification_full.json --out benchmarks/results
+    python benchmarks/classification.py --full --mnist ~/data/mnist.npz --epochs 10
 """
 
 from __future__ import annotations
@@ -62,7 +62,8 @@ import zipfile
 from collections.abc import Callable
 from typing import NamedTuple
 
-import harness  # the examples' shared reporting; sets KERAS_BACKEND before keras is imported
+import common
+import harness  # the benchmarks' shared reporting; sets KERAS_BACKEND before keras is imported
 import keras
 import numpy as np
 import tensorflow as tf
@@ -328,7 +329,7 @@ def comparisons(results: dict) -> dict:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = harness.example_parser(__doc__.splitlines()[0], "20 epochs", "50 epochs")
+    parser = harness.benchmark_parser(__doc__.splitlines()[0], "20 epochs", "50 epochs")
     parser.add_argument("--mnist", metavar="PATH", help="train on MNIST from this local Keras mnist.npz")
     parser.add_argument("--epochs", type=int, help="training epochs (default: per mode)")
     parser.add_argument("--train-samples", type=int, help="use at most this many training examples")
@@ -422,18 +423,6 @@ def make_config(args: argparse.Namespace, data: Data) -> dict:
     }
 
 
-COLUMNS = [
-    ("accuracy", "test accuracy", ".4f"),
-    ("train_seconds", "train s", ".1f"),
-    ("step_ms", "ms / step", ".2f"),
-    ("eval_seconds", "eval s", ".4f"),
-    ("nfe", "f-evals / solve", ".0f"),
-]
-# The docs' tables from this script's committed results (examples/docs_tables.py).
-RESULTS = "classification_full.json"
-DOC_BLOCKS = {"methods": harness.methods_block(COLUMNS)}
-
-
 def main(argv: list[str] | None = None) -> dict:
     parser = build_parser()
     args = parse_args(parser, argv)
@@ -452,7 +441,7 @@ def main(argv: list[str] | None = None) -> dict:
         lambda result: f", test accuracy {result['accuracy']:.4f}",
     )
     print()
-    print(harness.format_table(results, COLUMNS))
+    print(harness.format_table(results, common.DIGITS_COLUMNS))
     ratios = comparisons(results)
     for name, value in ratios.items():
         print(f"{name}: {value:.3g}")

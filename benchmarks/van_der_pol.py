@@ -52,8 +52,8 @@ charts, and phase portraits of three test trajectories against each method's
 rollout over --test-seconds.
 
 Usage:
-    python examples/van_der_pol.py            # --quick (default)
-    python examples/van_der_pol.py --full --json results/van_der_pol.json --out results
+    python benchmarks/van_der_pol.py            # --quick (default)
+    python benchmarks/van_der_pol.py --full --json benchmarks/results/van_der_pol_full.json --out benchmarks/results
 """
 
 from __future__ import annotations
@@ -63,6 +63,7 @@ import math
 import os
 import sys
 
+import common
 import harness  # sets KERAS_BACKEND before keras is imported
 import keras
 import numpy as np
@@ -70,9 +71,8 @@ import tensorflow as tf
 
 import keras_tlnode
 
-MU = 8.0
-DT = 0.05
-BOX = 3.0  # initial states uniform in [-BOX, BOX]²
+# The system (its μ, Δt, box of initial states [-BOX, BOX]² and field) is defined in common.py.
+MU, DT, BOX = common.VAN_DER_POL_MU, common.VAN_DER_POL_DT, common.VAN_DER_POL_BOX
 MAX_SUBSTEP = 5e-4  # of the float64 RK4 that makes the data
 
 MODES = {
@@ -104,17 +104,11 @@ JIT_COMPILE = {"tl_node": True, "taylor2": True, "rk4": True, "dopri": True}
 # ---------------------------------------------------------------- true system
 
 
-def vector_field(states: np.ndarray, mu: float = MU) -> np.ndarray:
-    """The Van der Pol field at `states` (..., 2)."""
-    x, y = states[..., 0], states[..., 1]
-    return np.stack([y, mu * (1.0 - x**2) * y - x], axis=-1)
-
-
 def simulate(x0: np.ndarray, num_steps: int, dt: float, max_substep: float = MAX_SUBSTEP) -> np.ndarray:
     """States at t = 0, dt, ..., num_steps·dt from `x0` (batch, 2): shape (batch, num_steps + 1, 2), float64."""
     states = [np.asarray(x0, dtype=np.float64)]
     for _ in range(num_steps):
-        states.append(harness.rk4_flow(vector_field, states[-1], dt, max_substep))
+        states.append(harness.rk4_flow(common.van_der_pol, states[-1], dt, max_substep))
     return np.stack(states, axis=1)
 
 
@@ -198,7 +192,7 @@ def rollout(ode: keras.layers.Layer, x0: np.ndarray, num_steps: int) -> tuple[np
 
 def field_error(field: keras.layers.Layer, states: np.ndarray) -> float:
     """‖f_θ - f‖ / ‖f‖ over `states`: how close the learned field is to the true one, whatever the scheme."""
-    return harness.relative_l2(field(states.astype(np.float32)), vector_field(states.astype(np.float64)))
+    return harness.relative_l2(field(states.astype(np.float32)), common.van_der_pol(states.astype(np.float64)))
 
 
 def prediction_cost(ode: keras.layers.Layer, predict, x: np.ndarray, config: dict) -> tuple[float, float]:
@@ -294,7 +288,9 @@ def write_plots(out: str, data: dict, results: dict, rollouts: dict[str, np.ndar
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = harness.example_parser(__doc__.splitlines()[0], "small run", "256 trajectories, 3000 steps of batch 1024")
+    parser = harness.benchmark_parser(
+        __doc__.splitlines()[0], "small run", "256 trajectories, 3000 steps of batch 1024"
+    )
     parser.add_argument("--epochs", type=int, help="training epochs (default: per mode)")
     parser.add_argument("--trajectories", type=int, help="training trajectories (default: per mode)")
     parser.add_argument("--seconds", type=float, help="length of each training trajectory in s (default: per mode)")
@@ -380,19 +376,6 @@ def make_config(args: argparse.Namespace) -> dict:
     return config
 
 
-COLUMNS = [
-    ("train_seconds", "train s", ".1f"),
-    ("nfe", "f-evals", ".0f"),
-    ("predict_ms", "predict ms", ".2f"),
-    ("one_step_mse", "one-step MSE", ".2e"),
-    ("rollout_rel_l2", "rollout rel. L2", ".2f"),
-    ("field_rel_l2", "f rel. error", ".3f"),
-]
-# The docs' tables from this script's committed results (examples/docs_tables.py).
-RESULTS = "van_der_pol_full.json"
-DOC_BLOCKS = {"methods": harness.methods_block(COLUMNS)}
-
-
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     config = make_config(args)
@@ -407,7 +390,7 @@ def main(argv: list[str] | None = None) -> dict:
     for method in args.methods:
         results[method], rollouts[method] = run_method(method, data, config)
     print()
-    print(harness.format_table(results, COLUMNS))
+    print(harness.format_table(results, common.VAN_DER_POL_COLUMNS))
     print(f"(nfe and predict ms per batch of {config['batch_size']}; rollout over {config['rollout_seconds']:g} s)")
     write_plots(args.out, data, results, rollouts, config)
     report = {"config": config, "environment": harness.environment(), "methods": results}

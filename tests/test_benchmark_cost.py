@@ -1,4 +1,4 @@
-"""examples/cost.py: its problem, one measurement in this process, the medians and ratios, one end-to-end run.
+"""benchmarks/cost.py: its problem, one measurement in this process, the medians and ratios, one end-to-end run.
 
 The timings themselves are the script's output, never asserted here: these
 check what the numbers are made of.
@@ -7,14 +7,14 @@ check what the numbers are made of.
 import numpy as np
 import pytest
 import tensorflow as tf
-from example_loader import load_example
+from script_loader import load_benchmark
 
 import keras_tlnode as kt
 
 
 @pytest.fixture(scope="module")
 def example():
-    return load_example("cost")
+    return load_benchmark("cost")
 
 
 @pytest.mark.parametrize("size", ["small", "larger"])
@@ -60,7 +60,9 @@ def test_medians_and_ratios_are_taken_within_one_size_and_setting(example):
     rows = example.summarise(runs)["small"]["graph"]
     assert rows["rk4"]["step_ms"] == 2.0 and rows["rk4"]["one_off_s"] == 3.0
     assert rows["euler"]["step_ratio"] == 0.5 and rows["euler"]["one_off_ratio"] == 0.5
-    assert "| Euler |" in example.DOC_BLOCKS["summary"]({"summary": {"small": {"graph": rows}}, "config": {}})
+    assert "| Euler |" in example.common.DOC_TABLES["cost"].blocks["summary"](
+        {"summary": {"small": {"graph": rows}}, "config": {}}
+    )
 
 
 @pytest.mark.example_runs

@@ -1,4 +1,4 @@
-"""examples/density_estimation.py: its data, the baseline's direction convention, the tight re-evaluation.
+"""benchmarks/density_estimation.py: its data, the baseline's direction convention, the tight re-evaluation.
 
 The full comparison (four methods trained per density) takes minutes; these
 check the pieces it is built from against closed forms and against the package.
@@ -7,14 +7,14 @@ check the pieces it is built from against closed forms and against the package.
 import keras
 import numpy as np
 import pytest
-from example_loader import load_example
+from script_loader import load_benchmark
 
 import keras_tlnode as kt
 
 
 @pytest.fixture(scope="module")
 def example():
-    return load_example("density_estimation")
+    return load_benchmark("density_estimation")
 
 
 @pytest.mark.parametrize("name", ["two_moons", "eight_gaussians", "checkerboard"])
@@ -101,10 +101,11 @@ def test_gates_and_their_docs_tables(example):
         "summary": {d: example.summarise(seeds, methods) for d, seeds in results.items()},
         "gates": gates,
     }
-    table = example.gates_block(report).splitlines()
+    blocks = example.common.DOC_TABLES["density_estimation"].blocks
+    table = blocks["gates"](report).splitlines()
     assert table[2] == "| two_moons | +0.010 nats | 0.05 nats | 10.0x | 5x | holds | +0.200 nats |"
     assert table[3] == "| digits | +0.040 nats/dim | 0.02 nats/dim | 0.0x | 5x | fails | +0.050 nats/dim |"
-    summary = example.summary_block(report)
+    summary = blocks["summary"](report)
     assert summary.count("(medians over 3 seeds)") == 2 and "| TL-NODE, corrected (8 steps) | 2.010 |" in summary
     assert example.gates({"two_moons": moons}, ["tl_node@8", "rk4@8"]) == {}  # no baseline, no gate
 

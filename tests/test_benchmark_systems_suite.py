@@ -1,4 +1,4 @@
-"""The systems suite: its systems' truths, its summaries and gates, and every method at a tiny size."""
+"""The systems suite: its systems' truths (common.py), its summaries and gates, and every method at a tiny size."""
 
 import json
 import math
@@ -7,19 +7,25 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from example_loader import load_example
+from script_loader import load_benchmark
 
 import keras_tlnode as kt
 
 
 @pytest.fixture(scope="module")
 def suite():
-    return load_example("systems_suite")
+    return load_benchmark("systems_suite")
+
+
+@pytest.fixture(scope="module")
+def common():
+    """The systems and the runs of the suite (benchmarks/common.py)."""
+    return load_benchmark("common")
 
 
 @pytest.mark.parametrize("name", ["brusselator", "lotka_volterra", "fitzhugh_nagumo", "lorenz", "pendulum"])
-def test_flow_matches_a_tight_adaptive_solve(suite, name):
-    system = suite.known.systems()[name]
+def test_flow_matches_a_tight_adaptive_solve(common, name):
+    system = common.systems()[name]
     x = system.sample(np.random.default_rng(0), 16)
 
     def field(s):
@@ -30,24 +36,24 @@ def test_flow_matches_a_tight_adaptive_solve(suite, name):
     np.testing.assert_allclose(system.flow(x), solution.states.numpy(), rtol=1e-7, atol=1e-8)
 
 
-def test_stiffness_of_a_linear_field_is_its_eigenvalue_times_dt(suite):
-    system = suite.known.systems()["stiff_random"]
+def test_stiffness_of_a_linear_field_is_its_eigenvalue_times_dt(common):
+    system = common.systems()["stiff_random"]
     stiffness = system.stiffness(samples=8)
     assert stiffness["median"] == pytest.approx(1000 * system.dt, rel=1e-4)
 
 
-def test_stiff_near_start_is_near_the_true_field(suite):
-    system = suite.known.systems()["stiff_near"]
+def test_stiff_near_start_is_near_the_true_field(common):
+    system = common.systems()["stiff_near"]
     x = system.sample(np.random.default_rng(0), 64).astype("float32")
-    near = x.astype("float64") @ suite.known.stiff_near_matrix().T
+    near = x.astype("float64") @ common.stiff_near_matrix().T
     np.testing.assert_allclose(system.make_field()(x).numpy(), near, rtol=1e-3, atol=1e-3)
     assert 0.03 < np.linalg.norm(near - system.field(x)) / np.linalg.norm(system.field(x)) < 0.06
 
 
-def test_time_to_accuracy_is_the_first_point_within_the_target(suite):
+def test_time_to_accuracy_is_the_first_point_within_the_target(common):
     curve = {"seconds": [0.0, 1.0, 2.0, 3.0], "one_step": [1.0, 0.5, 0.05, 0.01]}
-    assert suite.time_to_accuracy(curve, 0.06) == 2.0
-    assert suite.time_to_accuracy(curve, 1e-3) is None
+    assert common.time_to_accuracy(curve, 0.06) == 2.0
+    assert common.time_to_accuracy(curve, 1e-3) is None
 
 
 def summary_of(**medians):
@@ -107,7 +113,7 @@ def test_gates_of_the_stiff_system(suite):
     }
 
 
-def test_rollout_at_two_steps_per_interval_is_read_at_the_observation_times(suite):
+def test_rollout_at_two_steps_per_interval_is_read_at_the_observation_times(common):
     import keras
 
     matrix = np.array([[-0.5, 2.0], [-2.0, -0.5]])
@@ -125,7 +131,7 @@ def test_rollout_at_two_steps_per_interval_is_read_at_the_observation_times(suit
         truth.append(truth[-1] @ exact.T)
         predicted.append(predicted[-1] @ (rk4_half @ rk4_half).T)
     truth, predicted = np.stack(truth, 1), np.stack(predicted, 1)
-    relative, absolute = suite.rollout_errors(ode, truth.astype("float32"))
+    relative, absolute = common.rollout_errors(ode, truth.astype("float32"))
     error = np.linalg.norm(predicted - truth, axis=-1)[:, 1:]
     scale = (np.linalg.norm(predicted, axis=-1) + np.linalg.norm(truth, axis=-1))[:, 1:]
     assert absolute == pytest.approx(np.mean(error), rel=1e-3, abs=1e-7)
@@ -133,22 +139,22 @@ def test_rollout_at_two_steps_per_interval_is_read_at_the_observation_times(suit
 
 
 @pytest.mark.parametrize("key", ["uncorrected@2", "euler@1", "heun@2", "dopri_1e-3"])
-def test_the_other_methods_build_and_step(suite, key):
+def test_the_other_methods_build_and_step(common, key):
     """The kinds of run `test_every_method_runs_and_reports` leaves out (it trains 5 of the 12), built as the
     suite builds them: one step of the untrained model is the exact flow of its own f_θ to the scheme's order."""
-    system = suite.known.systems()["pendulum"]
+    system = common.systems()["pendulum"]
     keras.utils.set_random_seed(0)  # `build` leaves seeding to its caller: the same weights in any test order
-    model, _, field = suite.build(system, key)
+    model, _, field = common.build(system, key)
     x = np.random.default_rng(0).uniform(-1.0, 1.0, (8, system.dimension)).astype(np.float32)
-    exact = suite.exact_own_flow(field, x, system.dt)
+    exact = common.exact_own_flow(field, x, system.dt)
     # About 5x each scheme's error here (untrained f_θ moves x by ~0.08 in Δt = 0.2): Euler's O(Δt²) 2.5e-3,
     # second-order Taylor and Heun at 2 steps 1e-5 and 2e-5, DormandPrince 1e-3 at float32 round-off.
-    tolerance = {"uncorrected": 1e-4, "euler": 1e-2, "heun": 1e-4, "dopri_1e-3": 1e-5}[suite.split_key(key)[0]]
+    tolerance = {"uncorrected": 1e-4, "euler": 1e-2, "heun": 1e-4, "dopri_1e-3": 1e-5}[common.split_key(key)[0]]
     np.testing.assert_allclose(model(x).numpy(), exact, atol=tolerance)
 
 
 @pytest.mark.example_runs
-def test_every_method_runs_and_reports(suite, tmp_path):
+def test_every_method_runs_and_reports(suite, common, tmp_path):
     path = tmp_path / "suite.json"
     # TL-NODE, the scheme its gates compare it with and the reference: every kind of run (fixed step at 1 and
     # 2 steps per interval, corrected, adaptive) at 5 of the suite's 12 runs' cost.
@@ -158,7 +164,7 @@ def test_every_method_runs_and_reports(suite, tmp_path):
     report = suite.main([*argv, "--json", str(path), "--out", str(tmp_path)])
     saved = json.loads(path.read_text())
     entry = saved["systems"]["pendulum"]
-    assert list(entry["runs"]) == suite.run_keys(methods) == ["tl_node@1", "tl_node@2", "rk4@1", "rk4@2", "dopri"]
+    assert list(entry["runs"]) == common.run_keys(methods) == ["tl_node@1", "tl_node@2", "rk4@1", "rk4@2", "dopri"]
     for key, results in entry["runs"].items():
         (result,) = results
         assert result["train_s"] > 0 and math.isfinite(result["one_step"]), key
@@ -169,17 +175,18 @@ def test_every_method_runs_and_reports(suite, tmp_path):
     assert entry["runs"]["dopri"][0]["to_accuracy_s"] is not None
     assert entry["summary"]["tl_node@2"]["nfe"]["median"] == 2 * entry["summary"]["tl_node@1"]["nfe"]["median"]
     assert (tmp_path / "systems_suite_pareto.png").stat().st_size > 0
-    assert set(entry["gates"]) == set(suite.GATE_NAMES) - {"time_to_accuracy_speedup_vs_dopri", "rollout_vs_dopri"}
+    assert set(entry["gates"]) == set(common.GATE_NAMES) - {"time_to_accuracy_speedup_vs_dopri", "rollout_vs_dopri"}
     assert report["systems"].keys() == saved["systems"].keys()
-    summary = suite.summary_block(saved)
+    blocks = common.DOC_TABLES["systems_suite"].blocks
+    summary = blocks["summary"](saved)
     assert summary.count("\n") == 2 and "| pendulum |" in summary
-    assert suite.gates_block(saved).count("| pendulum |") == len(entry["gates"])
-    assert suite.details_block(saved).count("\n| ") == 2 + len(entry["runs"])  # header, rule, one row per run
+    assert blocks["gates"](saved).count("| pendulum |") == len(entry["gates"])
+    assert blocks["details"](saved).count("\n| ") == 2 + len(entry["runs"])  # header, rule, one row per run
 
 
 @pytest.mark.parametrize("widths", [(64,), (512, 512)])
-def test_linear_field_started_near_a_matrix_computes_it(suite, widths):
-    near = suite.known.stiff_near_matrix()
-    field = suite.known.linear_mlp(near, widths)()
+def test_linear_field_started_near_a_matrix_computes_it(common, widths):
+    near = common.stiff_near_matrix()
+    field = common.linear_mlp(near, widths)()
     x = np.random.default_rng(0).uniform(-0.5, 0.5, (32, 2)).astype("float32")
     np.testing.assert_allclose(field(x).numpy(), x @ near.T, rtol=2e-3, atol=2e-3)

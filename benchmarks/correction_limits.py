@@ -1,7 +1,7 @@
 """What limits the learned correction: where a trained TL-NODE's step error comes from, against RK4 on the same f_θ.
 
-TL-NODE at the package defaults is trained as in `systems_suite.py` (same data,
-schedule and steps). Then, on held-out states of the system's region, each
+TL-NODE at the package defaults is trained as in `systems_suite.py` (`common.train`:
+same data, schedule and steps). Then, on held-out states of the system's region, each
 of these is compared with the exact flow of the trained model's own f_θ (a
 tight adaptive solve), one-step MSE:
 
@@ -22,18 +22,18 @@ with the data (`flow_vs_data`): how far f_θ's own dynamics are from the system'
 the model fits the data through its step.
 
 Usage:
-    python examples/correction_limits.py                 # --quick: 2 systems, 1 seed, short runs
-    python examples/correction_limits.py --full --json examples/results/correction_limits_full.json
+    python benchmarks/correction_limits.py                 # --quick: 2 systems, 1 seed, short runs
+    python benchmarks/correction_limits.py --full --json benchmarks/results/correction_limits_full.json
 """
 
 from __future__ import annotations
 
 import sys
 
+import common
 import harness  # sets KERAS_BACKEND before keras is imported
 import keras
 import numpy as np
-import systems_suite
 import tensorflow as tf
 
 import keras_tlnode
@@ -44,7 +44,7 @@ MODES = {
     "full": {
         "systems": ["brusselator", "lotka_volterra", "fitzhugh_nagumo", "lorenz", "van_der_pol", "limit_cycle"],
         "seeds": [0, 1, 2],
-        "steps": systems_suite.MODES["full"]["steps"],
+        "steps": common.FULL_STEPS,
         "fit_updates": 3000,
     },
 }
@@ -54,7 +54,7 @@ TEACHER_TOLERANCE = 1e-8
 
 
 def converged_step_error(
-    system: systems_suite.known.System,
+    system: common.System,
     field: keras.layers.Layer,
     order: int,
     states: np.ndarray,
@@ -87,17 +87,17 @@ def converged_step_error(
 
 def decompose(name: str, seed: int, config: dict) -> dict:
     """Trains TL-NODE (defaults) on system `name` from `seed` and splits its step's error against its own flow."""
-    system = systems_suite.known.systems()[name]
-    data = systems_suite.make_data(system, systems_suite.MODES["full"]["pairs"], config["data_seed"])
-    trained = systems_suite.train(system, "tl_node@1", data, config, seed, f"  {name} tl_node seed {seed}")
+    system = common.systems()[name]
+    data = common.make_data(system, common.FULL_PAIRS, config["data_seed"])
+    trained = common.train(system, "tl_node@1", data, config, seed, f"  {name} tl_node seed {seed}")
     ode, field = trained.ode, trained.field
     states = data["test_x"][:STATES]
-    exact = systems_suite.exact_own_flow(field, states, system.dt)
+    exact = common.exact_own_flow(field, states, system.dt)
 
     def error(prediction: tf.Tensor | np.ndarray, truth: np.ndarray = exact) -> float:
         return float(np.mean((np.asarray(prediction) - truth) ** 2))
 
-    own = systems_suite.own_flow_errors(ode, field, states, system.dt)
+    own = common.own_flow_errors(ode, field, states, system.dt)
     return {
         "trust": float(ode.correction.trust_weight.numpy()),
         "trained": own["own_flow"],
@@ -122,27 +122,8 @@ COLUMNS = [
 ]
 
 
-def decomposition_block(limits: dict) -> str:
-    """The decomposition per system (medians over the seeds): each part's one-step MSE against the exact own flow."""
-    lines = [
-        "| system | trust | trained step | fitted Γ at full strength | Γ fitted to convergence | same, order 2 | RK4 "
-        "| model vs data | own flow vs data |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
-    ]
-    keys = ("trained", "full_strength", "converged", "converged_order2", "rk4", "model_vs_data", "flow_vs_data")
-    for name, entry in limits["systems"].items():
-        m = entry["median"]
-        lines.append(f"| {name} | {m['trust']:.2f} | " + " | ".join(f"{m[k]:.1e}" for k in keys) + " |")
-    return "\n".join(lines)
-
-
-# The docs' tables from this script's committed results (examples/docs_tables.py).
-RESULTS = "correction_limits_full.json"
-DOC_BLOCKS = {"decomposition": decomposition_block}
-
-
 def main(argv: list[str] | None = None) -> dict:
-    parser = harness.example_parser(__doc__.splitlines()[0], "2 systems, 1 seed, short runs", "6 systems, 3 seeds")
+    parser = harness.benchmark_parser(__doc__.splitlines()[0], "2 systems, 1 seed, short runs", "6 systems, 3 seeds")
     args = parser.parse_args(argv)
     mode = MODES[args.mode]
     config = {"mode": args.mode, "data_seed": args.seed, **mode}

@@ -36,10 +36,10 @@ each 2-D density (0.02 nats per dimension on digits) with a time to accuracy at
 least 5x shorter. Plots: each 2-D model's density and samples (flows at 8 steps).
 
 Usage:
-    python examples/density_estimation.py            # --quick (default): two moons, one seed, about 5 minutes
-    python examples/density_estimation.py --densities two_moons eight_gaussians checkerboard \
-        --json examples/results/density_estimation_quick.json   # the committed quick results
-    python examples/density_estimation.py --full --json examples/results/density_estimation_full.json --out examples/results/
+    python benchmarks/density_estimation.py            # --quick (default): two moons, one seed, about 5 minutes
+    python benchmarks/density_estimation.py --densities two_moons eight_gaussians checkerboard \
+        --json benchmarks/results/density_estimation_quick.json   # the committed quick results
+    python benchmarks/density_estimation.py --full --json benchmarks/results/density_estimation_full.json --out benchmarks/results/
 """
 
 from __future__ import annotations
@@ -48,7 +48,8 @@ import math
 import time
 from collections.abc import Callable
 
-import harness  # the examples' shared reporting; sets KERAS_BACKEND before keras is imported
+import common
+import harness  # the benchmarks' shared reporting; sets KERAS_BACKEND before keras is imported
 import keras
 import numpy as np
 import tensorflow as tf
@@ -57,17 +58,18 @@ import tensorflow_probability as tfp
 import keras_tlnode
 
 FLOWS = {"tl_node": "TL-NODE, corrected", "uncorrected": "TL-NODE uncorrected", "rk4": "RK4"}
-BASELINE = "ffjord"
+# The baseline, the gated run, the needed speed-up and the table columns are also its docs tables': common.py.
+BASELINE = common.DENSITY_BASELINE
 METHODS = [*FLOWS, BASELINE]
 FLOW_STEPS = [2, 4, 8]
-GATED = "tl_node@8"  # the gates compare the package's defaults (8 steps) with the baseline
+GATED = common.DENSITY_GATED  # the gates compare the package's defaults (8 steps) with the baseline
 DENSITIES = ("two_moons", "eight_gaussians", "checkerboard", "digits")
 BASELINE_TOLERANCE = 1e-5
 TIGHT_TOLERANCE = 1e-8
 ACCURACY_MARGIN = 0.05  # nats: time to accuracy is to the baseline's final test NLL + this
 GATE_NLL = 0.05  # nats, 2-D densities
 GATE_NLL_PER_DIMENSION = 0.02  # nats per dimension, digits
-GATE_SPEEDUP = 5.0
+GATE_SPEEDUP = common.DENSITY_GATE_SPEEDUP
 LEARNING_RATE = 5e-3  # Adam's, every method
 
 # samples, test samples, training steps, batch, evaluations per run, seeds, densities
@@ -379,18 +381,7 @@ def plot_densities(path: str, density: str, data: np.ndarray, models: dict[str, 
     harness.save_figure(figure, path, top=0.92)
 
 
-COLUMNS = [
-    ("test_nll", "test NLL (nats)", ".3f"),
-    ("test_nll_per_dimension", "NLL / dim", ".4f"),
-    ("tight_nll", "NLL, tight solve", ".3f"),
-    ("likelihood_gap", "likelihood gap", "+.3f"),
-    ("mass", "mass", ".4f"),
-    ("folds", "folds", ".0f"),
-    ("round_trip", "round trip", ".0e"),
-    ("nfe_per_training_step", "f-evals / step", ".0f"),
-    ("train_seconds", "train (s)", ".1f"),
-    ("time_to_accuracy", "to accuracy (s)", ""),
-]
+COLUMNS = common.DENSITY_COLUMNS
 MEDIANS = [key for key, _, _ in COLUMNS[:-1]]
 
 
@@ -416,66 +407,8 @@ def summarise(seeds: list[dict], keys: list[str]) -> dict[str, dict]:
     return rows
 
 
-def tight_gap(seeds: list[dict]) -> float:
-    """Median over the seeds of TL-NODE's tight-solve NLL minus the baseline's: the gap of the learned fields."""
-    return float(np.median([s[GATED]["tight_nll"] - s[BASELINE]["tight_nll"] for s in seeds]))
-
-
-RESULTS = "density_estimation_quick.json"
-
-
-def summary_block(report: dict) -> str:
-    """The docs' table per density (examples/docs_tables.py): each method's medians over the seeds."""
-    tables = []
-    for density, rows in report["summary"].items():
-        seeds = len(report["results"][density])
-        tables.append(f"**{density}** (medians over {seeds} seeds)\n\n" + harness.markdown_table(rows, COLUMNS))
-    return "\n\n".join(tables)
-
-
-def gates_block(report: dict) -> str:
-    """The docs' table of the acceptance gates (examples/docs_tables.py), with the gap of the tight-solve NLLs."""
-    lines = [
-        "| density | NLL gap to FFJORD | limit | speed-up to FFJORD's accuracy | needed | gate "
-        "| gap of the tight-solve NLLs |",
-        "| --- | ---: | ---: | ---: | ---: | --- | ---: |",
-    ]
-    for density, gate in report["gates"].items():
-        scale, unit = (64, " nats/dim") if density == "digits" else (1, " nats")
-        verdict = "holds" if gate["passes"] else "fails"
-        lines.append(
-            f"| {density} | {gate['nll_gap']:+.3f}{unit} | {gate['nll_gap_limit']}{unit} "
-            f"| {gate['speedup_to_accuracy']:.1f}x | {GATE_SPEEDUP:.0f}x | {verdict} "
-            f"| {tight_gap(report['results'][density]) / scale:+.3f}{unit} |"
-        )
-    return "\n".join(lines)
-
-
-def validity_block(report: dict) -> str:
-    """The README's table: per flow run, its mass and likelihood gap on each 2-D density, folds and round trip."""
-    densities = [d for d in report["summary"] if d != "digits"]
-    names = " / ".join(densities)
-    lines = [
-        f"| run | mass ({names}) | likelihood gap, nats ({names}) | folds | round trip |",
-        "| --- | ---: | ---: | ---: | ---: |",
-    ]
-    for key in report["config"]["runs"]:
-        if key == BASELINE:
-            continue
-        rows = [report["summary"][d][key] for d in densities]
-        masses = " / ".join(f"{row['mass']:.3f}" for row in rows)
-        gaps = " / ".join(f"{row['likelihood_gap']:+.3f}" for row in rows)
-        folds = sum(int(row["folds"]) for row in rows)
-        trip = max(row["round_trip"] for row in rows)
-        lines.append(f"| {label(key)} | {masses} | {gaps} | {folds} | {trip:.0e} |")
-    return "\n".join(lines)
-
-
-DOC_BLOCKS = {"summary": summary_block, "gates": gates_block, "validity": validity_block}
-
-
 def main(argv: list[str] | None = None) -> dict:
-    parser = harness.example_parser(
+    parser = harness.benchmark_parser(
         __doc__.splitlines()[0],
         "two moons, one seed, 120 steps, about 5 minutes",
         "all densities, 3 seeds, 1000 steps, several hours",

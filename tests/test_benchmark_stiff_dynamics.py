@@ -1,30 +1,35 @@
-"""Smoke tests of the examples: they run end to end at tiny sizes."""
+"""benchmarks/stiff_dynamics.py: its exact solution, its field error, its flags, and a tiny run end to end."""
 
 import json
 import math
 
 import numpy as np
 import pytest
-from example_loader import load_example
+from script_loader import load_benchmark
 
 
 @pytest.fixture(scope="module")
 def stiff():
-    return load_example("stiff_dynamics")
+    return load_benchmark("stiff_dynamics")
 
 
-def test_stiff_exact_solution(stiff):
-    A = stiff.system_matrix()
+@pytest.fixture(scope="module")
+def common():
+    return load_benchmark("common")
+
+
+def test_stiff_exact_solution(stiff, common):
+    A = common.stiff_matrix()
     np.testing.assert_allclose(sorted(np.linalg.eigvals(A).real), [-1000.0, -1.0], rtol=1e-12)
     # expm(A h) = I + A h + O(h^2), and the propagator is a semigroup.
     h = 1e-7
-    np.testing.assert_allclose((stiff.exact_propagator(h) - np.eye(2)) / h, A, rtol=1e-3, atol=1e-3)
+    np.testing.assert_allclose((common.stiff_propagator(h) - np.eye(2)) / h, A, rtol=1e-3, atol=1e-3)
     np.testing.assert_allclose(
-        stiff.exact_propagator(0.01) @ stiff.exact_propagator(0.01), stiff.exact_propagator(0.02), atol=1e-12
+        common.stiff_propagator(0.01) @ common.stiff_propagator(0.01), common.stiff_propagator(0.02), atol=1e-12
     )
     states = stiff.simulate(np.array([[0.3, -0.2]]), 3)
     assert states.shape == (1, 4, 2)
-    np.testing.assert_allclose(states[0, 3], stiff.exact_propagator(0.03) @ states[0, 0], atol=1e-12)
+    np.testing.assert_allclose(states[0, 3], common.stiff_propagator(0.03) @ states[0, 0], atol=1e-12)
 
 
 def test_stiff_main_writes_json_and_plots(stiff, tmp_path, capsys):
@@ -89,13 +94,13 @@ def test_stiff_main_writes_json_and_plots(stiff, tmp_path, capsys):
     assert "one-step MSE" in out and "TL-NODE" in out and "DormandPrince" in out
 
 
-def test_field_error_is_zero_for_the_true_field(stiff):
+def test_field_error_is_zero_for_the_true_field(stiff, common):
     # An f_θ whose weights realise x A^T exactly has no field error.
     ode = stiff.harness.ode_layer("euler", stiff.vector_field(0), stiff.DT)
     W1 = np.zeros((2, 64), "float32")
     W1[:, :2] = np.eye(2)
     W2 = np.zeros((64, 2), "float32")
-    W2[:2] = stiff.system_matrix().T
+    W2[:2] = common.stiff_matrix().T
     ode.vector_field.set_weights([W1, np.zeros(64, "float32"), W2, np.zeros(2, "float32")])
     x = np.random.default_rng(0).uniform(-0.5, 0.5, (50, 2)).astype("float32")
     assert stiff.field_error(ode, x) < 1e-6

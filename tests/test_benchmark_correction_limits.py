@@ -3,12 +3,12 @@
 import math
 
 import pytest
-from example_loader import load_example
+from script_loader import load_benchmark
 
 
 @pytest.mark.example_runs
 def test_decomposition_reports_every_part():
-    study = load_example("correction_limits")
+    study = load_benchmark("correction_limits")
     config = {"steps": 20, "fit_updates": 5, "data_seed": 0}
     result = study.decompose("brusselator", 0, config)
     assert set(result) == {key for key, _, _ in study.COLUMNS}

@@ -1,0 +1,58 @@
+"""The tutorials of examples/ run end to end (with fewer epochs) and show what they say they show.
+
+The serving tutorial runs in test_export.py, the multi-worker one in
+test_example_multi_worker.py.
+"""
+
+import numpy as np
+import pytest
+from script_loader import load_example
+
+
+def test_rk4_truth_matches_the_pendulum_flow_to_high_accuracy():
+    quickstart = load_example("quickstart")
+    x = np.array([[1.0, 0.5], [-2.0, 1.5]])
+    # Halving the substeps of a fourth-order method changes the result by ~15/16 of its error.
+    np.testing.assert_allclose(quickstart.next_states(x, 20), quickstart.next_states(x, 40), atol=1e-9)
+    assert not np.allclose(quickstart.next_states(x), x)
+
+
+def test_quickstart_runs(monkeypatch, capsys):
+    quickstart = load_example("quickstart")
+    monkeypatch.setattr(quickstart, "EPOCHS", 2)
+    quickstart.main()
+    output = capsys.readouterr().out
+    assert "TL-NODE" in output and "DormandPrince" in output
+    assert "same predictions" in output
+
+
+def test_spans_truth_is_the_flow_of_its_matrix():
+    spans = load_example("spans")
+    a, w = spans.DAMPING, spans.FREQUENCY
+    matrix = np.array([[-a, -w], [w, -a]])
+    x = np.array([[1.0, 0.5], [-2.0, 1.5]])
+    gaps = np.array([1e-6, 0.3])
+    # d/dΔ at Δ = 0 is A x; and a flow over Δ1 + Δ2 is the flow over Δ1, then over Δ2.
+    np.testing.assert_allclose((spans.exact_flow(x, gaps)[0] - x[0]) / 1e-6, matrix @ x[0], rtol=1e-4)
+    twice = spans.exact_flow(spans.exact_flow(x, gaps / 2), gaps / 2)
+    np.testing.assert_allclose(twice, spans.exact_flow(x, gaps), atol=1e-12)
+
+
+def test_spans_learns_every_gap_with_one_model(capsys):
+    spans = load_example("spans")
+    result = spans.main(epochs=8, series=128)
+    assert result["trained"] < result["untrained"] / 10
+    # The durations are used: the same model told one mean gap for every pair is far off.
+    assert result["one_span"] > 5 * result["trained"]
+    assert np.isfinite(result["forecast_error"])
+    assert "gaps in [0.3, inf)" in capsys.readouterr().out
+
+
+def test_density_flow_learns_a_normalised_density():
+    density = load_example("density")
+    result = density.main(epochs=4, samples=2048)
+    assert result["nll_after"] < result["nll_before"] - 0.5
+    assert result["nll_after"] > result["nll_true"] - 0.1  # no model beats the true density by more than noise
+    assert result["mass"] == pytest.approx(1.0, abs=0.02)  # log_prob integrates to 1
+    assert np.all(np.isfinite(result["radii"])) and result["radii"].shape == (2000,)
+    assert np.isfinite(result["gap"])
