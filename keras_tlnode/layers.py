@@ -416,24 +416,20 @@ class FixedStepODE(StepwiseODE):
         **kwargs: standard `keras.layers.Layer` arguments.
 
     Call arguments:
-        inputs: the states `x`, or a list `[x, duration]` with one duration
-            per sample (finite and > 0; checked in eager calls only): sample
-            i is integrated over `[t_initial, t_initial + duration_i]` in
-            `num_steps` steps of duration_i / num_steps (docs/usage.md,
-            "Per-sample time spans").
+        inputs: `x`, or `[x, duration]` with one duration per sample, as for
+            `TaylorLagrangeODE`.
         training: Keras's training flag; a classical step does the same in
             training and inference.
 
     Input shape:
-        `x`: `(batch, *state_shape)`, a floating tensor with at least one
-        state axis (vectors, images, any rank). `duration`, if given:
+        As for `TaylorLagrangeODE`: `x` of shape `(batch, *state_shape)`,
+        floating, with at least one state axis; a `duration` of shape
         `(batch,)` or `(batch, 1)`.
 
     Output shape:
-        `(batch, *state_shape)`, the states at `t_initial + duration`. With
-        `return_trajectory=True`, `(batch, num_steps + 1, *state_shape)`: the
-        states at t_initial + 0, Δt, ..., duration (each sample on its own
-        grid with per-sample durations).
+        As for `TaylorLagrangeODE`: the final states, `(batch, *state_shape)`,
+        or with `return_trajectory=True` every state from t_initial on,
+        `(batch, num_steps + 1, *state_shape)`.
 
     Example:
 
