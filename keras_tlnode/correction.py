@@ -51,7 +51,7 @@ class MidpointCorrection(keras.layers.Layer):
     docs/results.md, "The correction's settings".
 
     Args:
-        mode: "vector" or "matrix" (flat states only).
+        mode: "vector" or "matrix" (for flat states only).
         hidden_units: widths of the default MLP's hidden layers.
         activation: activation of the default MLP's hidden layers.
         network: optional Keras layer used as N_φ instead of the default MLP. It
