@@ -129,12 +129,20 @@ class DormandPrinceODE(ODELayer):
     here as the baseline that TL-NODE is measured against: the same vector
     field and interface as `TaylorLagrangeODE`, solved by
     `tfp.math.ode.DormandPrince`, gradients by tfp's adjoint method. Its cost
-    is not fixed: `solve` returns the f-evaluations of a call with its states.
+    is not fixed: `solve` returns the f-evaluations of a call with its states
+    (docs/usage.md, "The adaptive-solver baseline").
 
     The solver runs in the inputs' dtype (tfp's adjoint needs the state and
     the weights in one dtype). In float32, tolerances below about 1e-6 to 1e-7
     (it depends on the field: measure) cost more steps without making the
-    solution more accurate.
+    solution more accurate. The first step tried is the whole interval, which
+    the error control shrinks: tfp's default first step (1e-3, growing at
+    most 10x per step) would cost a fixed few steps on long intervals at any
+    tolerance.
+
+    A solve whose f turns non-finite returns NaN states (it would otherwise
+    never finish). There is no cap on the solver's steps: a field that grows
+    stiff in training makes every call slower (the NFE of `solve` shows it).
 
     Args:
         vector_field: Keras layer or model computing f_θ, output shaped like its
@@ -151,22 +159,36 @@ class DormandPrinceODE(ODELayer):
         return_trajectory: return the states at t_initial + 0, Δt, ...,
             duration on a new axis 1 instead of the final state.
         t_initial: time at the start of the interval (time-dependent fields).
-        t_final: deprecated name of `duration`.
+        t_final: deprecated name of `duration`, with a `DeprecationWarning`;
+            removed in 1.0.
         **kwargs: standard `keras.layers.Layer` arguments.
 
-    A solve whose f turns non-finite returns NaN states (it would otherwise
-    never finish). There is no cap on the solver's steps: a field that grows
-    stiff in training makes every call slower (the NFE of `solve` shows it).
+    Call arguments:
+        inputs: the states `x`, or a list `[x, duration]` with one duration
+            per sample (finite and > 0; checked in eager calls only): sample
+            i is integrated over `[t_initial, t_initial + duration_i]`, as
+            dx/ds = duration_i · f(x, t_initial + s · duration_i) over
+            s ∈ [0, 1].
+
+    Input shape:
+        `x`: `(batch, *state_shape)`, a floating tensor with at least one
+        state axis. `duration`, if given: `(batch,)` or `(batch, 1)`.
+
+    Output shape:
+        `(batch, *state_shape)`, the states at `t_initial + duration` (NaN
+        where the solve failed). With `return_trajectory=True`,
+        `(batch, num_steps + 1, *state_shape)`: the states at t_initial + 0,
+        duration / num_steps, ..., duration.
 
     Example:
 
-    >>> import keras, keras_tlnode
-    >>> ode = keras_tlnode.DormandPrinceODE(keras.layers.Dense(2), rtol=1e-6, atol=1e-6)
-    >>> inputs = keras.Input((2,))
-    >>> model = keras.Model(inputs, ode(inputs))
-    >>> solution = ode.solve(keras.ops.ones((4, 2)))
-    >>> tuple(solution.states.shape), bool(solution.ok)
-    ((4, 2), True)
+        >>> import keras, keras_tlnode
+        >>> ode = keras_tlnode.DormandPrinceODE(keras.layers.Dense(2), rtol=1e-6, atol=1e-6)
+        >>> inputs = keras.Input((2,))
+        >>> model = keras.Model(inputs, ode(inputs))
+        >>> solution = ode.solve(keras.ops.ones((4, 2)))
+        >>> tuple(solution.states.shape), bool(solution.ok)
+        ((4, 2), True)
     """
 
     def __init__(
@@ -193,10 +215,21 @@ class DormandPrinceODE(ODELayer):
         return self.solve(inputs).states
 
     def solve(self, inputs: tf.Tensor | list) -> Solution:
-        """The solve from `inputs` (`x` or `[x, duration]`): `states` the layer's output (NaN where it failed), `nfe`, `ok`.
+        """The layer's solve from `inputs`, with its cost and whether it succeeded.
 
         The solve runs over s ∈ [0, 1] on dx/ds = T · f(x, t_initial + s T),
-        T the duration (each sample's own with `[x, duration]`).
+        T the duration (each sample's own with `[x, duration]`). The whole
+        batch is one system for the solver, so its steps follow the stiffest
+        sample.
+
+        Args:
+            inputs: as the layer takes them: `x` or `[x, duration]`.
+
+        Returns:
+            A `Solution(states, nfe, ok)`, as the teacher's: `states` the
+            layer's output (NaN where the solve failed), `nfe` the calls of
+            f (an int64 scalar), `ok` whether the solve succeeded with a finite
+            f throughout (a bool scalar). (0.1 returned `(outputs, nfe)`.)
         """
         inputs = (
             [tf.convert_to_tensor(i) for i in inputs]

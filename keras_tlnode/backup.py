@@ -32,17 +32,21 @@ class BackupAndRestore(keras.callbacks.Callback):
     the chief worker (`strategy.extended.should_checkpoint`; the only process
     without a multi-worker strategy) saves the model's weights and both
     optimizers' states, the epoch, and how far it has read into the data. The
-    weights go to a new file and a small JSON state file, replaced atomically,
-    names it; a process killed while saving leaves the previous backup whole.
-    When `fit` starts and `backup_dir` holds a backup, every worker loads it and
-    the run resumes inside the epoch it stopped in: the batches already
-    trained on are read again and skipped, so each step sees the batch and step
-    number it would have seen without the interruption.
+    weights go to a new file, then `backup.json`, which names it, is replaced
+    in one rename: a process killed while saving leaves the previous backup
+    whole. When `fit` starts and `backup_dir` holds a backup, every worker
+    loads it (for a `TLNODEModel`, after `build_optimizers`), `fit` starts at
+    the backed-up epoch, and the run resumes inside the epoch it stopped in:
+    the calls of the train function for the batches already trained on read
+    their batches without training, so each later step sees the batch and
+    step number it would have seen without the interruption.
 
     The resumed run matches the uninterrupted one when each epoch reads its
     data in the same order on every run: `shuffle=False`, or a `tf.data`
     pipeline shuffled with a fixed seed. The epoch that resumes mid-way logs
-    metrics averaged over the batches run after the restart only.
+    metrics averaged over the batches run after the restart only. Like
+    Keras's own `BackupAndRestore`, it needs a model built before `fit`.
+    docs/usage.md, "When a worker dies", shows it with several workers.
 
     Args:
         backup_dir: directory of the backup, visible to every worker (a shared
@@ -53,17 +57,24 @@ class BackupAndRestore(keras.callbacks.Callback):
         delete_checkpoint: whether to delete the backup when training ends
             normally (an interrupted run keeps it).
 
+    Raises:
+        ValueError: for a `backup_dir` that is not a non-empty string, or an
+            int `save_freq` below 1; when `fit` starts, for a model that is not
+            built, or a backup that stopped after a batch which the run's
+            `steps_per_execution` cannot reach (resume with the run's own).
+        TypeError: for a `save_freq` that is neither "epoch" nor an int.
+
     Example:
 
-    >>> import tempfile, keras, numpy as np, keras_tlnode
-    >>> inputs = keras.Input((2,))
-    >>> model = keras_tlnode.TLNODEModel(
-    ...     inputs, keras_tlnode.TaylorLagrangeODE(keras.layers.Dense(2), duration=0.1)(inputs))
-    >>> model.compile(optimizer="sgd", loss="mse")
-    >>> x = np.zeros((8, 2), "float32")
-    >>> backup = keras_tlnode.BackupAndRestore(tempfile.mkdtemp(), save_freq=1)
-    >>> model.fit(x, x, batch_size=4, epochs=2, callbacks=[backup], verbose=0).epoch
-    [0, 1]
+        >>> import tempfile, keras, numpy as np, keras_tlnode
+        >>> inputs = keras.Input((2,))
+        >>> model = keras_tlnode.TLNODEModel(
+        ...     inputs, keras_tlnode.TaylorLagrangeODE(keras.layers.Dense(2), duration=0.1)(inputs))
+        >>> model.compile(optimizer="sgd", loss="mse")
+        >>> x = np.zeros((8, 2), "float32")
+        >>> backup = keras_tlnode.BackupAndRestore(tempfile.mkdtemp(), save_freq=1)
+        >>> model.fit(x, x, batch_size=4, epochs=2, callbacks=[backup], verbose=0).epoch
+        [0, 1]
     """
 
     def __init__(self, backup_dir: str, save_freq: str | int = "epoch", delete_checkpoint: bool = True):

@@ -34,7 +34,7 @@ class MidpointCorrection(keras.layers.Layer):
     in (0, 1) accordingly. It is not the default: ξ is a straight-line
     extrapolation, not a point of the curved solution, and on a nonlinear
     system (Van der Pol, docs/results.md, "The correction's settings") the bound left the model about
-    2x worse than uncorrected.
+    2x worse than uncorrected (as good or worse elsewhere).
 
     `γ₀ = base_value` defaults to 1/(p+2) for a `TaylorLagrangeODE` of order
     p, which by the mean-value expansion makes the untrained step one order more
@@ -47,36 +47,64 @@ class MidpointCorrection(keras.layers.Layer):
     model's own loss (`trust=True`). Where the fitted correction makes the model
     worse (a step too stiff for any midpoint, a correction lagging behind f_θ),
     the data pull `s` down and the layer falls back towards the untrained
-    mean-value point γ₀. `trust=False` applies `Γ_fit` as it is.
+    mean-value point γ₀. `trust=False` applies `Γ_fit` as it is. Measured in
+    docs/results.md, "The correction's settings".
 
     Args:
-        mode: "vector" or "matrix".
+        mode: "vector" or "matrix" (for flat states only).
         hidden_units: widths of the default MLP's hidden layers.
         activation: activation of the default MLP's hidden layers.
         network: optional Keras layer used as N_φ instead of the default MLP. It
             receives the flattened state `(batch, n)` (plus Δt as a last column
             with `use_step_size=True`) and must return `(batch, n)` in vector
             mode or `(batch, n·n)` in matrix mode.
-        use_step_size: also feed Δt to N_φ.
+        use_step_size: also feed Δt to N_φ, so that one correction serves
+            every step size (per-sample durations).
+        base_value: γ₀; `None` lets the owning `TaylorLagrangeODE` set 1/(p+2).
+            In (0, 1) when `bounded`.
+        bounded: keep each component of Γ in (0, 1) (vector mode only).
+        trust: create the trust `s`, a weight named "trust" that starts at 1,
+            trained with the dynamics. Models saved by 0.1, which had none,
+            load with `trust=False`, as they were trained.
         features: N_φ sees the first `features` components of the flattened
             state only (default: all of them), and in vector mode places ξ
             for them only: the other components keep γ₀ and do not count in
             θ̄. For states that carry components which do not drive the
             dynamics (a continuous normalizing flow's log-density and probes).
-        base_value: γ₀; `None` lets the owning `TaylorLagrangeODE` set 1/(p+2).
-            In (0, 1) when `bounded`.
-        bounded: keep each component of Γ in (0, 1) (vector mode only).
-        trust: fit the trust `s` with the dynamics (a weight named "trust").
         **kwargs: standard `keras.layers.Layer` arguments.
+
+    Call arguments:
+        x: the states at which the steps start.
+        step_size: Δt, a float or `(batch, 1)` (one per sample); needed with
+            `use_step_size=True`, else unused.
+        apply_trust: False returns `Γ_fit`, the correction at full strength,
+            which the correction phase of `TLNODEModel` fits.
+
+    Input shape:
+        `(batch, *state_shape)` with a fully defined state shape; flat
+        `(batch, n)` in matrix mode.
+
+    Output shape:
+        Γ(x): `(batch, *state_shape)` in vector mode, `(batch, n, n)` in
+        matrix mode.
+
+    Raises:
+        ValueError: for `bounded=True` with `mode="matrix"`, a `base_value`
+            outside (0, 1) when bounded, or (when built) a `network` whose
+            output does not fit the state.
 
     Example:
 
-    >>> import keras, keras_tlnode
-    >>> ode = keras_tlnode.TaylorLagrangeODE(
-    ...     keras.layers.Dense(2), order=1,
-    ...     correction=keras_tlnode.MidpointCorrection(hidden_units=(16,)))
-    >>> ode.correction.base_value  # 1/(p+2) for p = 1
-    0.3333333333333333
+        >>> import keras, keras_tlnode
+        >>> ode = keras_tlnode.TaylorLagrangeODE(
+        ...     keras.layers.Dense(2), order=1,
+        ...     correction=keras_tlnode.MidpointCorrection(hidden_units=(16,)))
+        >>> ode.correction.base_value  # 1/(p+2) for p = 1
+        0.3333333333333333
+        >>> ode.build((None, 2))
+        >>> gamma = ode.correction(keras.ops.ones((3, 2)))  # Γ starts at γ₀
+        >>> tuple(gamma.shape), round(float(gamma[0, 0]), 6)
+        ((3, 2), 0.333333)
     """
 
     def __init__(
@@ -110,13 +138,28 @@ class MidpointCorrection(keras.layers.Layer):
         self.features = check_optional_int(features, "features")
 
     def set_base_value(self, value: float) -> None:
-        """Sets γ₀ (the owning `TaylorLagrangeODE` calls it with 1/(p+2)); before `build` only."""
+        """Sets γ₀ (the owning `TaylorLagrangeODE` calls it with 1/(p+2)); before `build` only.
+
+        Args:
+            value: γ₀, a finite float; in (0, 1) for a bounded correction.
+
+        Raises:
+            RuntimeError: if the layer is built.
+        """
         if self.built:
             raise RuntimeError("MidpointCorrection.base_value can only be set before the layer is built.")
         self.base_value = _check_base_value(value, self.bounded)
 
     def set_features(self, features: int) -> None:
-        """Sets `features` (a `ContinuousNormalizingFlow` calls it with the data's dimension); before `build` only."""
+        """Sets `features` (a `ContinuousNormalizingFlow` calls it with the data's dimension); before `build` only.
+
+        Args:
+            features: how many leading components of the flattened state N_φ
+                sees, >= 1.
+
+        Raises:
+            RuntimeError: if the layer is built.
+        """
         if self.built:
             raise RuntimeError("MidpointCorrection.features can only be set before the layer is built.")
         self.features = check_int(features, "features")
@@ -152,10 +195,18 @@ class MidpointCorrection(keras.layers.Layer):
             )
 
     def call(self, x: tf.Tensor, step_size: tf.Tensor | float | None = None, apply_trust: bool = True) -> tf.Tensor:
-        """Returns Γ(x): shaped like `x` (vector) or `(batch, n, n)` (matrix).
+        """Γ(x), the fraction of the step at which ξ is placed.
 
-        `apply_trust=False` returns `Γ_fit`, the correction at full strength,
-        which is what the correction phase of `TLNODEModel` fits.
+        Args:
+            x: states `(batch, *state_shape)`.
+            step_size: Δt, a float or `(batch, 1)`; needed with
+                `use_step_size=True`, else unused.
+            apply_trust: False returns `Γ_fit`, the correction at full
+                strength, which is what the correction phase of `TLNODEModel`
+                fits.
+
+        Returns:
+            Γ(x) shaped like `x` (vector mode) or `(batch, n, n)` (matrix mode).
         """
         if self.network is None or self.base_value is None:
             raise RuntimeError("MidpointCorrection must be built before it is called.")
@@ -185,10 +236,19 @@ class MidpointCorrection(keras.layers.Layer):
     def midpoint(
         self, x: tf.Tensor, fx: tf.Tensor, step_size: tf.Tensor | float, apply_trust: bool = True
     ) -> tuple[tf.Tensor, tf.Tensor]:
-        """ξ = x + Δt · Γ(x) ⊙ f (or Γ(x) f), and θ̄: the mean fraction of the step taken.
+        """ξ = x + Δt · Γ(x) ⊙ f (or Γ(x) f), where the step evaluates its remainder, and θ̄.
 
-        θ̄ (shape `(batch, 1)`) is the mean over components of Γ applied to a vector
-        of ones; a time-dependent field is evaluated at time t + θ̄ Δt at ξ.
+        Args:
+            x: states `(batch, *state_shape)`.
+            fx: f_θ(x), shaped like `x`.
+            step_size: Δt, a float or `(batch, 1)`.
+            apply_trust: as for `call`.
+
+        Returns:
+            `(ξ, θ̄)`: ξ shaped like `x`; θ̄ `(batch, 1)`, the mean fraction of
+            the step taken (the mean over the placed components of Γ applied
+            to a vector of ones). A time-dependent field is evaluated at time
+            t + θ̄ Δt at ξ.
         """
         gamma = self(x, step_size=step_size, apply_trust=apply_trust)
         if self.mode == "matrix":

@@ -44,15 +44,20 @@ def export_saved_model(
     each also a signature of the same name:
 
     - `"serve"`, also the `"serving_default"` signature: `model(x, training=False)`.
-    - the model's own, if it defines `export_endpoints(input_signature)`
-      returning `{name: (function, its input signature)}`: for a
-      `ContinuousNormalizingFlow`, `"log_prob"` and `"sample"`
-      (`ContinuousNormalizingFlow.export_endpoints`).
     - `"trajectory"`, with `trajectory=True`: the states of the model's
       `TaylorLagrangeODE` (or `FixedStepODE`) at t_initial + 0, Δt, ..., duration, shape
       `(batch, num_steps + 1, *state_shape)`, integrated from the states that the
       layer receives inside the model (the model's inputs, if nothing comes
       before it); layers after it are not applied.
+    - the model's own, if it defines `export_endpoints(input_signature)`
+      returning `{name: (function, its input signature)}`: for a
+      `ContinuousNormalizingFlow`, `"log_prob"` and `"sample"`
+      (`ContinuousNormalizingFlow.export_endpoints`).
+
+    The loaded object's `variables`, `trainable_variables` and
+    `non_trainable_variables` list the saved weights. Each endpoint is traced
+    once (`model.export` traces a model three times, and a Taylor pass's
+    trace grows like 2^order).
 
     Args:
         model: a built `keras.Model` (functional, `Sequential`, `TLNODEModel` or a
@@ -71,13 +76,26 @@ def export_saved_model(
             output is one tensor of the input's dtype, shaped `(batch, ...)`, only.
 
     Raises:
-        ValueError: for an unbuilt model or a `trajectory` that cannot be served.
+        TypeError: for a `model` that is not a `keras.Model`, or a `trajectory`
+            that is neither a bool nor a fixed-step ODE layer.
+        ValueError: for an unbuilt model, a `trajectory` that cannot be served
+            (not exactly one fixed-step ODE layer for `True`, a layer not in the
+            model, a model that is neither functional nor `Sequential`), or a
+            `chunk_size` with a model it cannot serve.
 
     Example:
 
-        keras_tlnode.export_saved_model(model, "served/1", trajectory=True)
-        served = tf.saved_model.load("served/1")     # elsewhere: no Keras needed
-        final, states = served.serve(x), served.trajectory(x)
+        >>> import tempfile, keras, tensorflow as tf, keras_tlnode
+        >>> inputs = keras.Input((2,))
+        >>> ode = keras_tlnode.TaylorLagrangeODE(keras.layers.Dense(2), num_steps=2)
+        >>> model = keras.Model(inputs, ode(inputs))
+        >>> path = tempfile.mkdtemp() + "/1"
+        >>> keras_tlnode.export_saved_model(model, path, trajectory=True)
+        >>> served = tf.saved_model.load(path)  # elsewhere: no Keras needed
+        >>> sorted(served.signatures)
+        ['serve', 'serving_default', 'trajectory']
+        >>> tuple(served.serve(tf.ones((3, 2))).shape), tuple(served.trajectory(tf.ones((3, 2))).shape)
+        ((3, 2), (3, 3, 2))
     """
     if not isinstance(model, keras.Model):
         raise TypeError(f"`model` must be a keras.Model, got {type(model).__name__}.")

@@ -163,9 +163,12 @@ class ContinuousNormalizingFlow(TLNODEModel):
     is the change of variables of that map: `log_prob(x) = log N(Φ(x)) + log
     det ∂Φ/∂x`, in nats, each step's log-determinant exact (d forward-mode
     tangents per step). It is a normalised density at every step count,
-    order and scheme as long as no step folds (a step's determinant ≤ 0 gives
-    NaN); `sample` and `decode` invert the same steps by Newton's method, so
-    `decode(encode(x)[0])` returns x. The learned field's continuous-time
+    order and scheme as long as no step folds: where a step's determinant is
+    ≤ 0, `log_prob(x)` is NaN, never a number that would look like a
+    likelihood, and the fold penalty (`fold_weight`) keeps training away
+    from it. `sample` and `decode` invert the same steps by Newton's method
+    with their exact Jacobians, so `decode(encode(x)[0])` is x to rounding.
+    The learned field's continuous-time
     likelihood, FFJORD's with the same field, is `continuous_log_prob`; the
     mean gap between the two, `likelihood_gap`, says how far the steps are
     from the field's exact flow (docs/usage.md, "Density estimation").
@@ -181,53 +184,81 @@ class ContinuousNormalizingFlow(TLNODEModel):
     `trace="hutchinson"` (high dimensions, where d tangents per step are too
     many for training), training maximises the continuous-time likelihood of
     the same steps with Hutchinson's estimator of ∫ tr(∂f_θ/∂z) dt (one
-    Rademacher probe per sample, shared by every Taylor order and step), and
-    evaluation, `predict` and `log_prob` take the exact change of variables.
+    Rademacher probe ε per sample, shared by every Taylor order and step: the
+    augmented state [z, Δ, ε] goes through a `TaylorLagrangeODE` of the
+    augmented field, with the same Γ_φ), and evaluation, `predict` and
+    `log_prob` take the exact change of variables.
     Nothing in that training keeps the steps one-to-one (the fold penalty needs
-    the determinants), and with few steps it makes them fold: a Hutchinson-
-    trained flow takes at least 4 steps at Taylor orders 0-1 and with Euler,
-    8 at orders 2-6, 2 with Heun or RK4 (`HUTCHINSON_MIN_STEPS`, measured).
+    the determinants), and with few steps it makes them fold: a flow trained
+    so takes at least 4 steps at Taylor orders 0-1 and with Euler, 8 at
+    orders 2-6, 2 with Heun or RK4 (`HUTCHINSON_MIN_STEPS`, measured).
 
     Args:
         vector_field: Keras layer computing f_θ, called as `vector_field([z, t])`
             with `t` of shape `(batch, 1)`; output shaped like `z`.
         duration: T, finite and > 0.
         num_steps: fixed steps over [0, T], >= 1 (with `trace="hutchinson"`,
-            the minimum above).
+            the minimum above). The default, 8 steps of order 1, is the
+            authors' tabular FFJORD experiment's.
         order: p of the Taylor-Lagrange step, an int in [0, 6].
         correction: `MidpointCorrection` (Γ_φ) or None.
-        trace: "exact" or "hutchinson" (the trace estimator in training).
+        trace: "exact" (training on the exact change of variables) or
+            "hutchinson" (training on Hutchinson's estimate, for data of many
+            dimensions).
         remainder_weight: λ >= 0, weight of the remainder penalty.
-        fold_weight: weight >= 0 of the fold penalty in training: the mean over
+        fold_weight: weight >= 0 of the fold penalty in training (default 10): the mean over
             the batch and as many probe points (the batch plus Gaussian noise
-            of its spread, to cover the gaps between the data) of a barrier on
-            each step's Jacobian determinant below 0.1 (`volume.fold_barrier`),
-            which keeps every step one-to-one where the data do not reach; 0
-            turns it off. Exact trace only.
-        seed: seed of Hutchinson's probes (`keras.random.SeedGenerator`).
+            of its spread, to cover the gaps between the data) of Σ_k b(det
+            ∂S_k/∂z), b a barrier on each step's Jacobian determinant
+            (`volume.fold_barrier`): 0 above 0.1, log(0.1/det) down to 1e-4,
+            then a line of the same slope through 0 and below, finite and
+            steep towards a fold. It keeps every step one-to-one where the
+            data do not reach (a linear penalty on the determinant let the
+            steps fold in the empty space between the data); 0 turns it off.
+            Not applied with `trace="hutchinson"`, whose training computes no
+            Jacobians.
+        seed: seed of the probes: Hutchinson's, or the fold penalty's probe
+            points (`keras.random.SeedGenerator`).
         method: "taylor_lagrange", or a classical scheme, "euler", "heun" or
             "rk4" (a `FixedStepODE` of the same field, without correction: the
             baselines of the same model).
         **kwargs: `keras.Model` arguments (e.g. `name`).
 
+    Call arguments:
+        x: data `(batch, d)`.
+        training: in training, the fold penalty (`fold_weight` > 0, exact
+            trace) and the remainder penalty join the losses, and with
+            `trace="hutchinson"` log p(x) is Hutchinson's estimate.
+
+    Input shape:
+        `(batch, d)`, flat floating data with a known d.
+
+    Output shape:
+        `(batch,)`: log p(x) per sample, in nats.
+
+    Raises:
+        ValueError: with `trace="hutchinson"` and fewer steps than the
+            minimum above (the message names the alternatives), or with
+            `correction` or `remainder_weight` for a classical `method`.
+
     Example:
 
-    >>> import keras, numpy as np, keras_tlnode
-    >>> class Field(keras.layers.Layer):
-    ...     def build(self, input_shape):
-    ...         self.dense = keras.layers.Dense(2)
-    ...     def call(self, inputs):
-    ...         z, t = inputs
-    ...         return self.dense(keras.ops.concatenate([z, t], axis=-1))
-    >>> flow = keras_tlnode.ContinuousNormalizingFlow(Field(), num_steps=4)
-    >>> flow.compile(optimizer="adam")
-    >>> x = np.random.default_rng(0).normal(size=(64, 2)).astype("float32")
-    >>> history = flow.fit(x, batch_size=32, epochs=1, verbose=0)
-    >>> flow.log_prob(x[:3]).shape, flow.sample(5, seed=1).shape
-    (TensorShape([3]), TensorShape([5, 2]))
-    >>> z, log_det = flow.encode(x[:3])
-    >>> bool(np.allclose(flow.decode(z), x[:3], atol=1e-4))
-    True
+        >>> import keras, numpy as np, keras_tlnode
+        >>> class Field(keras.layers.Layer):
+        ...     def build(self, input_shape):
+        ...         self.dense = keras.layers.Dense(2)
+        ...     def call(self, inputs):
+        ...         z, t = inputs
+        ...         return self.dense(keras.ops.concatenate([z, t], axis=-1))
+        >>> flow = keras_tlnode.ContinuousNormalizingFlow(Field(), num_steps=4)
+        >>> flow.compile(optimizer="adam")
+        >>> x = np.random.default_rng(0).normal(size=(64, 2)).astype("float32")
+        >>> history = flow.fit(x, batch_size=32, epochs=1, verbose=0)
+        >>> flow.log_prob(x[:3]).shape, flow.sample(5, seed=1).shape
+        (TensorShape([3]), TensorShape([5, 2]))
+        >>> z, log_det = flow.encode(x[:3])
+        >>> bool(np.allclose(flow.decode(z), x[:3], atol=1e-4))
+        True
     """
 
     def __init__(
@@ -302,7 +333,15 @@ class ContinuousNormalizingFlow(TLNODEModel):
         self.built = True
 
     def call(self, x: tf.Tensor, training: bool | None = None) -> tf.Tensor:
-        """log p(x) per sample, `(batch,)`: the exact change of variables (Hutchinson's estimate in training if so configured)."""
+        """log p(x) per sample, `(batch,)`: the exact change of variables (Hutchinson's estimate in training if so configured).
+
+        Args:
+            x: data `(batch, d)`.
+            training: whether in training mode.
+
+        Returns:
+            log p(x) `(batch,)`, in nats.
+        """
         z, log_det = self._encode(x, training)
         return standard_normal_log_density(z) + log_det
 
@@ -326,35 +365,77 @@ class ContinuousNormalizingFlow(TLNODEModel):
         return z[:batch], log_det[:batch]
 
     def log_prob(self, x) -> tf.Tensor:
-        """log p(x) in nats, `(batch,)`: the exact change of variables of the flow's steps."""
+        """log p(x) in nats: the exact change of variables of the flow's steps.
+
+        Args:
+            x: floating data `(batch, d)`.
+
+        Returns:
+            log N(Φ(x)) + log det ∂Φ/∂x `(batch,)`; NaN where a step folds.
+        """
         return self(self._data(x), training=False)
 
     def encode(self, x) -> tuple[tf.Tensor, tf.Tensor]:
-        """Data to base: `(z, log_det)`, z = Φ(x) `(batch, d)` and log_det = log det ∂Φ/∂x `(batch,)`."""
+        """Data to base: the flow's map Φ and its log-determinant.
+
+        Args:
+            x: floating data `(batch, d)`.
+
+        Returns:
+            `(z, log_det)`: z = Φ(x) `(batch, d)` and log_det = log det ∂Φ/∂x
+            `(batch,)`.
+        """
         x = self._data(x)
         if not self.built:
             self.build(tuple(x.shape))
         return self._encode(x, training=False)
 
     def decode(self, z) -> tf.Tensor:
-        """Base to data: Φ⁻¹(z) `(batch, d)`, each step inverted by Newton's method (the inverse of `encode`)."""
+        """Base to data, the inverse of `encode`: each step inverted by Newton's method with its exact Jacobian.
+
+        Args:
+            z: base points `(batch, d)`.
+
+        Returns:
+            Φ⁻¹(z) `(batch, d)`: `decode(encode(x)[0])` is x to rounding.
+
+        Raises:
+            ValueError: for a model that is not built yet.
+        """
         if not self.built:
             raise ValueError("ContinuousNormalizingFlow.decode needs a built model: fit it, or call it on data, first.")
         return self.flow.inverse(self._data(z))
 
     def sample(self, n: int, seed: int | None = None) -> tf.Tensor:
-        """`n` points of the model's distribution, `(n, d)`: standard normal draws, decoded."""
+        """Points of the model's distribution: standard normal draws, decoded.
+
+        Args:
+            n: how many points, >= 1.
+            seed: seed of the draws (as `keras.random.normal` takes it), or None.
+
+        Returns:
+            `(n, d)` points.
+
+        Raises:
+            ValueError: for a model that is not built yet.
+        """
         n = check_int(n, "n")
         if self.dimension is None:
             raise ValueError("ContinuousNormalizingFlow.sample needs a built model: fit it, or call it on data, first.")
         return self.decode(keras.random.normal((n, self.dimension), dtype=self.compute_dtype, seed=seed))
 
     def export_endpoints(self, input_signature: list[tf.TensorSpec]) -> dict[str, tuple]:
-        """The flow's endpoints for `export_saved_model`: `{name: (function, input signature)}`.
+        """The flow's endpoints for `export_saved_model`, which serves them next to `"serve"`.
 
-        `"log_prob"`: `log_prob(x)` (which `"serve"` returns too), on
-        `input_signature`; `"sample"`: `sample(n, seed)`, `n` an int32 scalar
-        and `seed` two int32s (a stateless draw: the same seed, the same points).
+        Args:
+            input_signature: the signature of the model's input, as
+                `export_saved_model` received or inferred it.
+
+        Returns:
+            `{name: (function, input signature)}`: `"log_prob"`, `log_prob(x)`
+            (which `"serve"` returns too) on `input_signature`; `"sample"`,
+            `sample(n, seed)` with `n` an int32 scalar and `seed` two int32s
+            (a stateless draw: the same seed, the same points).
         """
 
         def sample(n: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
@@ -367,12 +448,19 @@ class ContinuousNormalizingFlow(TLNODEModel):
     # --- the check: the learned field's continuous-time likelihood ---------------------------
 
     def continuous_log_prob(self, x, tolerance: float = 1e-7) -> tf.Tensor:
-        """log p(x) `(batch,)` of the learned field's continuous flow: FFJORD's likelihood of the same f_θ.
+        """log p(x) of the learned field's continuous flow: FFJORD's likelihood of the same f_θ.
 
-        log N(z(T)) + ∫₀ᵀ tr(∂f_θ/∂z) dt, solved by DormandPrince at
-        rtol = atol = `tolerance` in float64 with the exact trace: the
-        likelihood the steps approximate. Costly (an adaptive solve with d
-        tangents per evaluation); a check, not a training path.
+        log N(z(T)) + ∫₀ᵀ tr(∂f_θ/∂z) dt, solved by DormandPrince in float64
+        with the exact trace: the likelihood the steps approximate. Costly (an
+        adaptive solve with d tangents per evaluation); a check, not a
+        training path.
+
+        Args:
+            x: floating data `(batch, d)`.
+            tolerance: rtol = atol of the solve, > 0.
+
+        Returns:
+            log p(x) `(batch,)`, in nats.
         """
         tolerance = check_float(tolerance, "tolerance", positive=True)
         x = self._data(x)
@@ -387,6 +475,14 @@ class ContinuousNormalizingFlow(TLNODEModel):
         sign) when training has fitted the steps rather than the field, as at
         coarse step counts. `log_prob` is a density either way (see the class
         docstring); the gap says whether it is also FFJORD's density of f_θ.
+        As costly as `continuous_log_prob`: a check.
+
+        Args:
+            x: floating data `(batch, d)`.
+            tolerance: as for `continuous_log_prob`.
+
+        Returns:
+            The mean gap over the batch, a Python float.
         """
         x = self._data(x)
         gap = self.log_prob(x) - self.continuous_log_prob(x, tolerance)
@@ -398,6 +494,12 @@ class ContinuousNormalizingFlow(TLNODEModel):
         With a standard normal base,
         `tfp.distributions.TransformedDistribution(tfp.distributions.MultivariateNormalDiag(tf.zeros(d)), flow.bijector())`
         has this flow's `log_prob` and composes with the rest of tfp.
+
+        Returns:
+            A bijector on events of shape `(d,)` that shares this flow's weights.
+
+        Raises:
+            ValueError: for a model that is not built yet.
         """
         if self.dimension is None:
             raise ValueError(
@@ -416,7 +518,13 @@ class ContinuousNormalizingFlow(TLNODEModel):
     # --- training ------------------------------------------------------------------------
 
     def compile(self, optimizer="rmsprop", loss=None, **kwargs) -> None:
-        """`TLNODEModel.compile`; the loss defaults to the mean negative log-likelihood."""
+        """`TLNODEModel.compile`; the loss defaults to the mean negative log-likelihood, so `fit(x)` takes no targets.
+
+        Args:
+            optimizer: as for `TLNODEModel.compile`.
+            loss: default: the mean of -log p(x) over the batch.
+            **kwargs: `TLNODEModel.compile`'s other arguments.
+        """
         super().compile(optimizer=optimizer, loss=NegativeLogLikelihood() if loss is None else loss, **kwargs)
 
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):

@@ -97,7 +97,7 @@ class ODELayer(keras.layers.Layer):
 
     @property
     def step_size(self) -> float:
-        """Δt = duration / num_steps."""
+        """Δt = duration / num_steps, the layer's own step (a call on `[x, duration]` uses duration_i / num_steps)."""
         return self.duration / self.num_steps
 
     def build(self, input_shape: tuple | list) -> None:
@@ -114,7 +114,18 @@ class ODELayer(keras.layers.Layer):
         check_field_shape(tuple(spec.shape[1:]), state_shape)
 
     def derivative(self, x: tf.Tensor, t: tf.Tensor | None = None) -> tf.Tensor:
-        """f_θ(x) (or f_θ(x, t), `t` of shape `(batch, 1)`); `build` checked that it is shaped like the states."""
+        """The vector field at the states `x`: f_θ(x), or f_θ(x, t) for a time-dependent field.
+
+        What the teacher of `TLNODEModel` solves; `build` checked that it is
+        shaped like the states.
+
+        Args:
+            x: states `(batch, *state_shape)`.
+            t: times `(batch, 1)` for a time-dependent field, else None.
+
+        Returns:
+            dx/dt at `x`, shaped like `x`.
+        """
         return self.vector_field(x if t is None else [x, t])
 
     def _field_input_shape(self, input_shape: tuple) -> tuple | list:
@@ -199,7 +210,7 @@ class StepwiseODE(ODELayer):
 
     @property
     def nfe(self) -> int:
-        """Calls of the vector field per call of this layer."""
+        """Calls of the vector field per call of this layer: `num_steps` times the calls per step."""
         raise NotImplementedError
 
     def step(
@@ -212,19 +223,31 @@ class StepwiseODE(ODELayer):
         return self._forward(self._spans(inputs), training, log_det=False)
 
     def change_of_variables(self, x: tf.Tensor, training: bool | None = None) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
-        """`(Φ(x), log det ∂Φ/∂x, fold)`: the rollout map Φ of flat states `(batch, d)` and its log-volume change.
+        """`(Φ(x), log det ∂Φ/∂x, fold)`: the rollout map Φ of flat states and its log-volume change.
 
-        log det ∂Φ/∂x `(batch,)` is the sum over the steps of each step's
-        exact log-determinant (keras_tlnode/volume.py: d forward-mode
-        tangents per step), NaN where a step's determinant is ≤ 0 (the map
-        folds there and is not one-to-one; in training, Σ_k log|det| there,
-        which the likelihood and the barrier push away from the fold). With
-        it, log N(Φ(x)) + log det ∂Φ/∂x is a probability density of x
-        whatever the step's error.
-        `fold` `(batch,)` is, in training, Σ_k of a barrier on each step's
-        determinant (`volume.fold_barrier`): zero where every step keeps it
-        above 0.1, steep towards 0 and finite beyond, a penalty that keeps
-        training away from folds; outside training, zeros (not computed).
+        log det ∂Φ/∂x is the sum over the steps of each step's exact
+        log-determinant (keras_tlnode/volume.py: d forward-mode tangents per
+        step), NaN where a step's determinant is ≤ 0 (the map folds there and
+        is not one-to-one; in training, Σ_k log|det| there, which the
+        likelihood and the barrier push away from the fold). With it,
+        log N(Φ(x)) + log det ∂Φ/∂x is a probability density of x whatever
+        the step's error: `ContinuousNormalizingFlow` is built on it.
+
+        Args:
+            x: flat states `(batch, d)`; the layer must have
+                `return_trajectory=False`.
+            training: whether in training mode (only then is `fold` computed).
+
+        Returns:
+            `Φ(x)` `(batch, d)`; log det ∂Φ/∂x `(batch,)`; `fold` `(batch,)`:
+            in training, Σ_k of a barrier on each step's determinant
+            (`volume.fold_barrier`), zero where every step keeps it above
+            0.1, steep towards 0 and finite beyond, the penalty that
+            `ContinuousNormalizingFlow` adds to keep training away from folds;
+            outside training, zeros (not computed).
+
+        Raises:
+            ValueError: for states that are not flat, or with `return_trajectory=True`.
         """
         x = tf.convert_to_tensor(x)
         self._check_inputs(x)
@@ -237,11 +260,18 @@ class StepwiseODE(ODELayer):
         return end[:, :-2], end[:, -2], end[:, -1]
 
     def inverse(self, y: tf.Tensor) -> tf.Tensor:
-        """x with Φ(x) = y, flat states `(batch, d)`: each step undone by Newton's method, the last first.
+        """Φ⁻¹(y), the inverse of the layer's map on flat states: each step undone by Newton's method, the last first.
 
-        Exact to the dtype's precision where every step is one-to-one (see
-        `change_of_variables`); damped Newton iterations start from the
-        step's output and stop at rounding level (`volume.invert_step`).
+        Each step is inverted by damped Newton iterations with its exact
+        Jacobian, which start from the step's output and stop at rounding
+        level (`volume.invert_step`): exact to the dtype's precision where
+        every step is one-to-one (see `change_of_variables`).
+
+        Args:
+            y: flat states `(batch, d)` at the end of the interval.
+
+        Returns:
+            The states x `(batch, d)` with Φ(x) = y.
         """
         self._check_inputs(y)
         invert = _traced(self, "_invert") if tf.executing_eagerly() else self._invert
@@ -293,10 +323,15 @@ class StepwiseODE(ODELayer):
     def step_starts(self, inputs: tf.Tensor | list | Spans) -> tf.Tensor:
         """The state at which each step of this layer's rollout from `inputs` starts.
 
-        `inputs` as the layer takes them, or their `Spans`. Returns
-        `(batch · num_steps, *state_shape)` states, sample-major (the steps of
-        sample 0 first), without gradients. The correction phase of
-        `TLNODEModel` fits Γ_φ on these states.
+        The correction phase of `TLNODEModel` fits Γ_φ on these states.
+
+        Args:
+            inputs: as the layer takes them (`x` or `[x, duration]`), or their
+                `Spans` as a call parsed them.
+
+        Returns:
+            `(batch · num_steps, *state_shape)` states, sample-major (the
+            steps of sample 0 first), without gradients.
         """
         x, step_size = self._as_spans(inputs)
         if self.num_steps == 1:
@@ -305,12 +340,30 @@ class StepwiseODE(ODELayer):
         return tf.stop_gradient(tf.reshape(trajectory, tf.concat([[-1], tf.shape(x)[1:]], axis=0)))
 
     def step_sizes(self, inputs: tf.Tensor | list | Spans) -> tf.Tensor | None:
-        """Each step start's Δt `(batch · num_steps, 1)`, matching `step_starts`; None without per-sample durations."""
+        """Each step start's Δt, matching `step_starts`.
+
+        Args:
+            inputs: as for `step_starts`.
+
+        Returns:
+            `(batch · num_steps, 1)` step sizes for inputs with per-sample
+            durations (`[x, duration]`), else None (every step is the
+            layer's `step_size`).
+        """
         step_size = self._as_spans(inputs).step_size
         return None if step_size is None else tf.repeat(step_size, self.num_steps, axis=0)
 
     def step_times(self, inputs: tf.Tensor | list | Spans) -> tf.Tensor | None:
-        """The start times `(batch · num_steps, 1)` matching `step_starts`, or None for an autonomous field."""
+        """The time at which each step starts, matching `step_starts`.
+
+        Args:
+            inputs: as for `step_starts`.
+
+        Returns:
+            `(batch · num_steps, 1)` start times for a time-dependent field
+            (`t_initial` + k Δt, with each sample's own Δt for per-sample
+            durations), or None for an autonomous field.
+        """
         if not self.time_dependent:
             return None
         x, step_size = self._as_spans(inputs)
@@ -337,14 +390,19 @@ class FixedStepODE(StepwiseODE):
     """Integrates `dx/dt = f_θ(x)` over `[t_initial, t_initial + duration]` in fixed steps of a classical scheme.
 
     The fixed-grid solvers of torchdiffeq and diffrax (`"euler"`, `"heun"`,
-    `"rk4"`), with the same interface, rollout and export as
-    `TaylorLagrangeODE`, against which they are the natural comparison.
-    Gradients flow through the steps (discretise-then-optimise).
+    `"rk4"`, explicit Runge-Kutta schemes kept as Butcher tableaus), with the
+    same interface as `TaylorLagrangeODE`: the same arguments, `nfe`, `step`,
+    `step_starts`, `step_sizes`, `step_times`, `derivative`,
+    `change_of_variables`, `inverse`, trajectories, per-sample durations and
+    export; `step` returns zeros as its remainder term. They are the natural
+    comparison for TL-NODE. Gradients flow through the steps
+    (discretise-then-optimise).
 
     Args:
         vector_field: Keras layer or model computing f_θ, output shaped like its
-            input; with `time_dependent=True` called as `vector_field([x, t])`,
-            `t` of shape `(batch, 1)`.
+            input; its weights become this layer's weights. With
+            `time_dependent=True` it is called as `vector_field([x, t])`, `t`
+            of shape `(batch, 1)`.
         method: "euler" (1 f-evaluation per step), "heun" (2) or "rk4" (4).
         num_steps: number of fixed steps, >= 1.
         duration: length of the integration interval, finite and > 0
@@ -353,17 +411,34 @@ class FixedStepODE(StepwiseODE):
         return_trajectory: return the states at t_initial + 0, Δt, ...,
             duration on a new axis 1 instead of the final state.
         t_initial: time at the start of the interval (time-dependent fields).
-        t_final: deprecated name of `duration`.
+        t_final: deprecated name of `duration`, with a `DeprecationWarning`;
+            removed in 1.0.
         **kwargs: standard `keras.layers.Layer` arguments.
+
+    Call arguments:
+        inputs: `x`, or `[x, duration]` with one duration per sample, as for
+            `TaylorLagrangeODE`.
+        training: Keras's training flag; a classical step does the same in
+            training and inference.
+
+    Input shape:
+        As for `TaylorLagrangeODE`: `x` of shape `(batch, *state_shape)`,
+        floating, with at least one state axis; a `duration` of shape
+        `(batch,)` or `(batch, 1)`.
+
+    Output shape:
+        As for `TaylorLagrangeODE`: the final states, `(batch, *state_shape)`,
+        or with `return_trajectory=True` every state from t_initial on,
+        `(batch, num_steps + 1, *state_shape)`.
 
     Example:
 
-    >>> import keras, keras_tlnode
-    >>> ode = keras_tlnode.FixedStepODE(keras.layers.Dense(2), method="rk4", num_steps=4, duration=0.5)
-    >>> inputs = keras.Input((2,))
-    >>> model = keras.Model(inputs, ode(inputs))
-    >>> tuple(model(keras.ops.ones((3, 2))).shape), ode.nfe
-    ((3, 2), 16)
+        >>> import keras, keras_tlnode
+        >>> ode = keras_tlnode.FixedStepODE(keras.layers.Dense(2), method="rk4", num_steps=4, duration=0.5)
+        >>> inputs = keras.Input((2,))
+        >>> model = keras.Model(inputs, ode(inputs))
+        >>> tuple(model(keras.ops.ones((3, 2))).shape), ode.nfe
+        ((3, 2), 16)
     """
 
     def __init__(
@@ -392,9 +467,16 @@ class FixedStepODE(StepwiseODE):
     def step(
         self, states: tf.Tensor, times: tf.Tensor | None = None, *, step_size: tf.Tensor | None = None
     ) -> tuple[tf.Tensor, tf.Tensor]:
-        """One step of the scheme: `(next states, zeros)` (a classical step has no remainder term).
+        """One step of the scheme from a batch of states.
 
-        Of Δt, or of `step_size`, `(batch, 1)`, one per sample.
+        Args:
+            states: `(batch, *state_shape)`, each the start of a step.
+            times: `(batch, 1)` start times for a time-dependent field, else None.
+            step_size: `(batch, 1)`, each sample's Δt; None: the layer's Δt.
+
+        Returns:
+            `(next states, zeros)`, both shaped like `states`: a classical
+            step has no remainder term.
         """
         dt = self.step_size if step_size is None else step_size
         return runge_kutta_step(CLASSICAL[self.method], self.derivative, states, times, dt)
@@ -424,7 +506,9 @@ class TaylorLagrangeODE(StepwiseODE):
     `benchmarks/benchmark.py` measures the real cost.
 
     In training mode, `remainder_weight` λ > 0 adds λ · Σ_k mean|R_k| to the
-    model's losses, R_k being the last (remainder) term of step k.
+    model's losses, R_k being the last (remainder) term of step k. Inside a
+    `TLNODEModel`, `fit` also fits the correction to a reference solver
+    (docs/usage.md, "Alternating teacher training").
 
     Args:
         vector_field: Keras layer or model computing f_θ, output shaped like its
@@ -432,34 +516,66 @@ class TaylorLagrangeODE(StepwiseODE):
             `time_dependent=True` it is called as `vector_field([x, t])`, `t` of
             shape `(batch, 1)`.
         order: p, the degree of the Taylor polynomial, an int in [0, 6]; the
-            remainder uses the (p+1)-th derivative. Orders above 3 trace
-            slowly for ops without a forward-mode rule (docs/support.md).
+            remainder uses the (p+1)-th derivative. Orders 0-3 work for every
+            op; every op measured works to order 6, but an op without a
+            forward-mode rule of the package traces slowly at orders 4-6
+            (seconds to minutes; docs/support.md, "Support matrix").
         num_steps: number of fixed steps, >= 1.
         duration: length of the integration interval, finite and > 0
             (default 1.0).
-        correction: `MidpointCorrection` (Γ_φ) or None.
+        correction: `MidpointCorrection` (Γ_φ) or None. A correction without a
+            `base_value` gets γ₀ = 1/(p+2) from this layer.
         remainder_weight: λ >= 0, weight of the remainder penalty.
         time_dependent: whether f depends on t as well.
         return_trajectory: return the states at t_initial + 0, Δt, ...,
             duration on a new axis 1 instead of the final state.
         method: None or "taylor_lagrange"; a classical scheme (0.1's
             `method="rk4"`) raises, naming `FixedStepODE(method=...)`;
-            configs saved by 0.1 with one still load as a `FixedStepODE`.
+            `.keras` files saved by 0.1 with one still load as that
+            `FixedStepODE`, with a `DeprecationWarning`.
         t_initial: time at the start of the interval (time-dependent fields).
-        t_final: deprecated name of `duration`.
+        t_final: deprecated name of `duration`, with a `DeprecationWarning`;
+            removed in 1.0.
         **kwargs: standard `keras.layers.Layer` arguments.
+
+    Call arguments:
+        inputs: the states `x`, or a list `[x, duration]` with one duration
+            per sample (finite and > 0; checked in eager calls only): sample
+            i is integrated over `[t_initial, t_initial + duration_i]` in
+            `num_steps` steps of duration_i / num_steps (docs/usage.md,
+            "Per-sample time spans").
+        training: in training mode, with `remainder_weight` > 0, the
+            remainder penalty joins the layer's losses.
+
+    Input shape:
+        `x`: `(batch, *state_shape)`, a floating tensor with at least one
+        state axis (vectors, images, any rank). `duration`, if given:
+        `(batch,)` or `(batch, 1)`.
+
+    Output shape:
+        `(batch, *state_shape)`, the states at `t_initial + duration`. With
+        `return_trajectory=True`, `(batch, num_steps + 1, *state_shape)`: the
+        states at t_initial + 0, Δt, ..., duration (each sample on its own
+        grid with per-sample durations).
+
+    Raises:
+        ValueError: for `method` other than None and "taylor_lagrange" (the
+            migration to `FixedStepODE` is in the message).
 
     Example:
 
-    >>> import keras, keras_tlnode
-    >>> ode = keras_tlnode.TaylorLagrangeODE(
-    ...     keras.layers.Dense(2), order=1, num_steps=2,
-    ...     correction=keras_tlnode.MidpointCorrection(hidden_units=(16,)))
-    >>> inputs = keras.Input((2,))
-    >>> model = keras.Model(inputs, keras.layers.Dense(1)(ode(inputs)))
-    >>> model.compile("adam", "mse")
-    >>> ode.nfe
-    6
+        >>> import keras, keras_tlnode
+        >>> ode = keras_tlnode.TaylorLagrangeODE(
+        ...     keras.layers.Dense(2), order=1, num_steps=2,
+        ...     correction=keras_tlnode.MidpointCorrection(hidden_units=(16,)))
+        >>> inputs = keras.Input((2,))
+        >>> model = keras.Model(inputs, keras.layers.Dense(1)(ode(inputs)))
+        >>> model.compile("adam", "mse")
+        >>> ode.nfe
+        6
+        >>> trajectory = keras_tlnode.TaylorLagrangeODE(keras.layers.Dense(2), num_steps=4, return_trajectory=True)
+        >>> tuple(trajectory([keras.ops.ones((3, 2)), keras.ops.full((3,), 0.5)]).shape)
+        (3, 5, 2)
     """
 
     def __init__(
@@ -495,7 +611,7 @@ class TaylorLagrangeODE(StepwiseODE):
 
     @property
     def nfe(self) -> int:
-        """Calls of the vector field per call of this layer (see the class docstring)."""
+        """Calls of the vector field per call of this layer: `num_steps` times p+1, or max(p, 1) + p + 1 corrected."""
         return self.num_steps * taylor_lagrange_evaluations(self.order, self.correction is not None)
 
     def build(self, input_shape: tuple | list) -> None:
@@ -526,7 +642,7 @@ class TaylorLagrangeODE(StepwiseODE):
         *,
         step_size: tf.Tensor | None = None,
     ) -> tuple[tf.Tensor, tf.Tensor]:
-        """One Taylor-Lagrange step: `(next states, remainder term)`.
+        """One Taylor-Lagrange step from a batch of states: `(next states, remainder term)`.
 
         Args:
             states: `(batch, *state_shape)`, each the start of a step.
