@@ -1,4 +1,4 @@
-"""The results tables of README.md and docs/, generated from the committed JSON of the scripts that measured them.
+"""The results tables of docs/, generated from the committed JSON of the scripts that measured them.
 
 A generated table sits in a document between `<!-- results:SCRIPT.BLOCK -->`
 and `<!-- /results:SCRIPT.BLOCK -->`: `common.DOC_TABLES[SCRIPT]` names the
@@ -26,7 +26,7 @@ import common
 ROOT = os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 RESULTS_DIR = os.path.join("benchmarks", "results")
 # The documents that hold generated blocks.
-DOCUMENTS = ("README.md", "docs/results.md", "docs/benchmarks.md")
+DOCUMENTS = ("docs/results.md", "docs/benchmarks.md")  # the README links to them and holds no table
 MARKER = re.compile(r"<!-- results:([\w.]+) -->")
 
 

@@ -441,17 +441,23 @@ def plot_curves(path: str, curves: dict[str, tuple[Iterable[int], Iterable[float
 
 
 def plot_bars(path: str, groups: dict[str, dict[str, float]], title: str, log: bool = False) -> None:
-    """One panel per group (e.g. "training time (s)"), one bar per method."""
+    """One panel per group (e.g. "training time (s)"), one horizontal bar per method, labelled in full and
+    valued at its end: legible at a glance (rotated labels under narrow bars crowded each other)."""
     plt = pyplot()
-    figure, panels = plt.subplots(1, len(groups), figsize=(3.2 * len(groups), 3.6), dpi=90, squeeze=False)
+    rows = max(len(values) for values in groups.values())
+    figure, panels = plt.subplots(
+        1, len(groups), figsize=(6.4 * len(groups), 1.2 + 0.45 * rows), dpi=100, squeeze=False
+    )
     for axes, (name, values) in zip(panels[0], groups.items(), strict=True):
-        labels = list(values)
-        axes.bar(range(len(labels)), [values[label] for label in labels], color=[f"C{i}" for i in range(len(labels))])
-        axes.set_xticks(range(len(labels)), labels, rotation=30, ha="right", fontsize=8)
-        axes.set_title(name, fontsize=9)
+        labels = list(values)[::-1]  # the first method on top
+        bars = axes.barh(labels, [values[label] for label in labels], color=[f"C{i}" for i in range(len(labels))][::-1])
+        axes.bar_label(bars, fmt="%.3g", padding=3, fontsize=9)
+        axes.set_title(name, fontsize=10)
+        axes.tick_params(axis="y", labelsize=9)
         if log:
-            axes.set_yscale("log")
-        axes.grid(axis="y", alpha=0.3)
+            axes.set_xscale("log")
+        axes.margins(x=0.15)
+        axes.grid(axis="x", alpha=0.3)
     figure.suptitle(title, fontsize=10)
     save_figure(figure, path)
 
