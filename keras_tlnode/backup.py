@@ -210,6 +210,13 @@ class BackupAndRestore(keras.callbacks.Callback):
 class _ResumingReader:
     """Stands in for `model.train_function`: counts the batches each call reads, and skips the backed-up ones.
 
+    Why a stand-in: Keras's `fit` can start at an epoch (`initial_epoch`) but
+    not inside one, and has no public hook between the data iterator and the
+    train function. `train_function` is the attribute `fit` calls, set by the
+    public `make_train_function` before `on_train_begin`; wrapping it (and
+    putting it back in `on_train_end`, or at the next `fit` after a crash) is
+    the one place a callback can skip batches without owning the data.
+
     `fit` calls `train_function(iterator)` once per `steps_per_execution`
     batches; each call reads that many batches from `iterator`. After a
     restore, the first `skip_calls` calls read their batches without training,
