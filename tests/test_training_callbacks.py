@@ -356,10 +356,7 @@ def nan_child(request, tmp_path_factory):
         yield None
         return
     directory = tmp_path_factory.mktemp("nan_on_a_correction_step")
-    script = (
-        "import json, sys, test_training_callbacks as t\nprint(json.dumps(t.nan_on_a_correction_step(sys.argv[1])))"
-    )
-    child = child_process.Child(directory, script, str(directory / "fitting"))
+    child = child_process.Child(directory, "nan_on_a_correction_step.py", str(directory / "fitting"))
     try:
         yield {"child": child, "started": time.time(), "marker": directory / "fitting"}
     finally:
