@@ -183,11 +183,13 @@ def randomize(model: keras.Model, seed: int) -> None:
 
 def trajectory_reference(model: keras.Model, x: np.ndarray) -> np.ndarray:
     """The trajectory of the model's ODE layer from what feeds it, by an independent twin layer."""
-    (layer,) = [
-        sub
-        for sub in model._flatten_layers(include_self=False)
-        if isinstance(sub, (kt.TaylorLagrangeODE, kt.FixedStepODE))
-    ]
+
+    def sublayers(layer: keras.Layer):  # models (Sequential, functional, subclassed) list theirs in `layers`
+        for sub in getattr(layer, "layers", ()):
+            yield sub
+            yield from sublayers(sub)
+
+    (layer,) = [sub for sub in sublayers(model) if isinstance(sub, (kt.TaylorLagrangeODE, kt.FixedStepODE))]
     feed = keras.Model(model.input, layer.input) if not isinstance(model, keras.Sequential) else (lambda v: v)
     common = dict(
         num_steps=layer.num_steps,
