@@ -14,6 +14,10 @@ if "PYTEST_XDIST_WORKER" in os.environ:
     os.environ.setdefault("TF_NUM_INTRAOP_THREADS", "1")
     os.environ.setdefault("TF_NUM_INTEROP_THREADS", "1")
 
+# The programs that tests run in child processes (tests/programs/) are scripts: collecting
+# them (`--doctest-modules` imports every module) would run them in the worker.
+collect_ignore = ["programs"]
+
 
 # The modules that take longest, and those whose fixtures start child processes
 # (which then work beside the rest), run first, longest first: pytest-xdist

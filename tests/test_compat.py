@@ -2,10 +2,9 @@
 
 import ast
 import subprocess
-import sys
-import textwrap
 from pathlib import Path
 
+import child_process
 import pytest
 
 import keras_tlnode
@@ -81,32 +80,12 @@ def test_compat_holds_what_the_check_would_flag():
     assert internals_used(COMPAT.read_text(), set())
 
 
-FALLBACK = textwrap.dedent(
-    """
-    import numpy as np
-    import tensorflow as tf
-    from tensorflow.python import pywrap_tfe
-
-    del pywrap_tfe.TFE_Py_RegisterJVPFunction  # a TensorFlow without the hook
-    import keras_tlnode as kt
-    from keras_tlnode import jvp_rules
-
-    assert not jvp_rules.INLINED
-
-    def unused(*args):
-        raise AssertionError("the inlined rules were registered")
-
-    jvp_rules._jvp = unused
-    x = np.array([[0.3], [-0.7]], "float32")
-    coefficients = tf.function(lambda x: kt.taylor_coefficients(tf.square, x, 3))(x).numpy()
-    # dx/dt = x^2: the k-th derivative of the solution is k! x^(k+1).
-    expected = np.stack([np.prod(np.arange(1, k + 1)) * x ** (k + 1) for k in range(1, 5)])
-    np.testing.assert_allclose(coefficients, expected, rtol=1e-5)
-    print("fallback ok")
-    """
-)
-
-
 def test_without_tensorflows_jvp_hook_the_coefficients_come_from_its_own_forward_mode():
-    result = subprocess.run([sys.executable, "-c", FALLBACK], capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        child_process.command("coefficients_without_jvp_hook.py"),
+        capture_output=True,
+        text=True,
+        env=child_process.environment(),
+        timeout=300,
+    )
     assert result.returncode == 0 and "fallback ok" in result.stdout, result.stderr[-3000:]

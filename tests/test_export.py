@@ -14,8 +14,8 @@ import json
 import os
 import subprocess
 import sys
-import textwrap
 
+import child_process
 import keras
 import numpy as np
 import pytest
@@ -183,11 +183,13 @@ def randomize(model: keras.Model, seed: int) -> None:
 
 def trajectory_reference(model: keras.Model, x: np.ndarray) -> np.ndarray:
     """The trajectory of the model's ODE layer from what feeds it, by an independent twin layer."""
-    (layer,) = [
-        sub
-        for sub in model._flatten_layers(include_self=False)
-        if isinstance(sub, (kt.TaylorLagrangeODE, kt.FixedStepODE))
-    ]
+
+    def sublayers(layer: keras.Layer):  # models (Sequential, functional, subclassed) list theirs in `layers`
+        for sub in getattr(layer, "layers", ()):
+            yield sub
+            yield from sublayers(sub)
+
+    (layer,) = [sub for sub in sublayers(model) if isinstance(sub, (kt.TaylorLagrangeODE, kt.FixedStepODE))]
     feed = keras.Model(model.input, layer.input) if not isinstance(model, keras.Sequential) else (lambda v: v)
     common = dict(
         num_steps=layer.num_steps,
@@ -253,70 +255,14 @@ def exported(exported_and_served):
     return exported_and_served[0]
 
 
-SERVER = textwrap.dedent(
-    r"""
-    import json, sys
-    # Neither Keras nor the package (nor tfp, the teacher's library) can be imported here.
-    BLOCKED = ("keras", "keras_tlnode", "tf_keras", "tensorflow_probability")
-    for name in BLOCKED:
-        sys.modules[name] = None
-    import numpy as np
-    import tensorflow as tf
-
-    def importable(name):
-        try:
-            __import__(name)
-            return True
-        except ImportError:
-            return False
-
-    def session_run(path, signature_keys, inputs):
-        # The TF1 session loader: what `saved_model_cli run` and TF Serving use.
-        results = {}
-        with tf.Graph().as_default(), tf.compat.v1.Session() as session:
-            meta = tf.compat.v1.saved_model.load(session, ["serve"], path)
-            for key in signature_keys:
-                signature = meta.signature_def[key]
-                (feed,), (fetch,) = signature.inputs.values(), signature.outputs.values()
-                for batch, x in inputs.items():
-                    results[key, batch] = session.run(fetch.name, {feed.name: x})
-        return results
-
-    report = {"importable": {name: importable(name) for name in BLOCKED}, "cases": {}}
-    for line in sys.stdin:  # one case per line, each as soon as it is exported
-        name, case = json.loads(line)
-        served = tf.saved_model.load(case["path"])
-        out = report["cases"][name] = {"signatures": {}, "outputs": {}}
-        for key in served.signatures:
-            args = [[a.shape.as_list(), a.dtype.name] for a in served.signatures[key].structured_input_signature[1].values()]
-            out["signatures"][key] = args[0] if len(args) == 1 else args  # a flow's `sample` takes (n, seed)
-        inputs = {batch: np.asarray(x, np.float32) for batch, x in case["inputs"].items()}
-        # "serve" is also TF Serving's default signature, "serving_default".
-        keys = {endpoint: "serving_default" if endpoint == "serve" else endpoint for endpoint in case["endpoints"]}
-        by_session = session_run(case["path"], keys.values(), inputs)
-        for endpoint, key in keys.items():
-            signature = served.signatures[key]
-            (arg,) = signature.structured_input_signature[1].values()
-            for batch, x in inputs.items():
-                results = {
-                    "attribute": getattr(served, endpoint)(tf.constant(x)),  # served.serve(x)
-                    "signature": next(iter(signature(**{arg.name: tf.constant(x)}).values())),
-                    "session": by_session[key, batch],
-                }
-                out["outputs"].setdefault(endpoint, {})[batch] = {k: np.asarray(v).tolist() for k, v in results.items()}
-    print("REPORT " + json.dumps(report))
-    """
-)
-
-
 class Server:
-    """SERVER in a fresh interpreter, fed the cases one at a time through its stdin."""
+    """tests/programs/serve_without_keras.py in a fresh interpreter, fed the cases one at a time through its stdin."""
 
     def __init__(self, directory):
         self._files = [open(os.path.join(directory, name), "w+") for name in ("stdout", "stderr")]
         env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
         self._process = subprocess.Popen(
-            [sys.executable, "-c", SERVER],
+            child_process.command("serve_without_keras.py"),
             stdin=subprocess.PIPE,
             stdout=self._files[0],
             stderr=self._files[1],

@@ -142,11 +142,13 @@ def test_rule_matches_tensorflows_jvp_to_second_order(name):
     assert not {op.type for op in graph.get_operations()} & {"PartitionedCall", "StatefulPartitionedCall"}
 
 
-def test_forward_mode_outside_the_block_stays_tensorflows_own():
-    def graph_ops() -> set[str]:
-        traced = tf.function(second_order, autograph=False).get_concrete_function(tf.tanh, (X,))
-        return {op.type for op in traced.graph.get_operations()}
+def graph_ops() -> set[str]:
+    """The ops of a second-order forward pass through tanh, traced now."""
+    traced = tf.function(second_order, autograph=False).get_concrete_function(tf.tanh, (X,))
+    return {op.type for op in traced.graph.get_operations()}
 
+
+def test_forward_mode_outside_the_block_stays_tensorflows_own():
     with rules_inlined():
         with rules_inlined():  # nested blocks: a field that takes Taylor coefficients itself
             pass
@@ -179,21 +181,27 @@ def test_gradient_of_a_concatenating_pass_matches_the_same_field_without_concat(
 def test_blocks_opened_in_threads_restore_tensorflows_jvp_once_all_are_closed():
     import threading
 
-    from keras_tlnode import jvp_rules
+    entered = threading.Barrier(5)
+    releases = [threading.Event() for _ in range(4)]
 
-    entered, release = threading.Barrier(5), threading.Event()
-
-    def hold() -> None:
+    def hold(release: threading.Event) -> None:
         with rules_inlined():
             entered.wait()
             release.wait()
 
-    threads = [threading.Thread(target=hold) for _ in range(4)]
+    threads = [threading.Thread(target=hold, args=(release,), daemon=True) for release in releases]
     for thread in threads:
         thread.start()
-    entered.wait()
-    assert jvp_rules._open_blocks == 4
-    release.set()
-    for thread in threads:
-        thread.join()
-    assert jvp_rules._open_blocks == 0
+    try:
+        entered.wait(timeout=60)
+        assert "PartitionedCall" not in graph_ops()  # four blocks open: the rules, inline
+        for release, thread in zip(releases[:3], threads[:3], strict=True):
+            release.set()
+            thread.join()
+        assert "PartitionedCall" not in graph_ops()  # one still open
+        releases[3].set()
+        threads[3].join()
+        assert "PartitionedCall" in graph_ops()  # all closed: TensorFlow's per-op JVP functions again
+    finally:  # a failed check leaves no thread waiting
+        for release in releases:
+            release.set()

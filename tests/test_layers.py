@@ -157,8 +157,8 @@ def test_nfe_counts_vector_field_calls(kwargs, nfe):
     layer.build((None, 2))
     x = tf.ones((3, 2))
     calls.clear()
-    # Trace with a single step per loop body, so each call of f is counted once per step.
-    graph = tf.function(layer._integrate).get_concrete_function(tf.TensorSpec((None, 2)), None, False)
+    # Trace the layer's call: the rollout's loop body holds one step, so each call of f is counted once per step.
+    graph = tf.function(layer).get_concrete_function(tf.TensorSpec((None, 2)))
     assert graph is not None
     assert len(calls) * layer.num_steps == nfe
     assert layer.nfe == nfe

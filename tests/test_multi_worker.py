@@ -1,6 +1,6 @@
 """`TLNODEModel.fit` under `MultiWorkerMirroredStrategy`: two worker processes on localhost.
 
-Both workers start with the module and run the same script: the parity fit of
+Both workers start with the module and run the same program (tests/programs/multi_worker_parity.py): the parity fit of
 test_training.py (teacher_samples=None, so that the replicas' correction phase
 sees what one process sees), then a plain `keras.Model`'s fit, the canary of
 keras-team/keras#20585 (compat.py).
@@ -9,7 +9,6 @@ keras-team/keras#20585 (compat.py).
 from __future__ import annotations
 
 import json
-import textwrap
 
 import child_process
 import numpy as np
@@ -17,31 +16,6 @@ import pytest
 from script_loader import load_example
 from test_training import parity_fit
 
-WORKER_SCRIPT = textwrap.dedent(
-    """
-    import json, os, sys
-    index, ports = int(sys.argv[1]), sys.argv[2].split(",")
-    os.environ["TF_CONFIG"] = json.dumps(
-        {"cluster": {"worker": [f"localhost:{port}" for port in ports]}, "task": {"type": "worker", "index": index}}
-    )
-    import keras, numpy as np, tensorflow as tf
-    import test_training
-
-    strategy = tf.distribute.MultiWorkerMirroredStrategy()
-    result = test_training.parity_fit(strategy)
-    try:
-        with strategy.scope():
-            inputs = keras.Input((2,))
-            plain = keras.Model(inputs, keras.layers.Dense(2)(inputs))
-            plain.compile(optimizer="sgd", loss="mse")
-        x = np.zeros((32, 2), "float32")
-        plain.fit(x, x, batch_size=16, epochs=1, verbose=0)
-        result["plain_keras_fit"] = "ok"
-    except Exception as error:
-        result["plain_keras_fit"] = f"{type(error).__name__}: {str(error)[:300]}"
-    print(json.dumps(result), flush=True)
-    """
-)
 WORKERS = 2
 TIMEOUT = 300
 
@@ -51,7 +25,7 @@ def workers(request, tmp_path_factory) -> list[dict]:
     """Each worker's result, in task order."""
     ports = ",".join(str(port) for port in load_example("multi_worker").free_ports(WORKERS))
     children = [
-        child_process.Child(tmp_path_factory.mktemp(f"worker{index}"), WORKER_SCRIPT, str(index), ports)
+        child_process.Child(tmp_path_factory.mktemp(f"worker{index}"), "multi_worker_parity.py", str(index), ports)
         for index in range(WORKERS)
     ]
     try:

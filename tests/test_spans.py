@@ -119,7 +119,8 @@ def test_dormand_prince_over_per_sample_spans_with_a_trajectory():
 
 def test_export_serves_state_and_duration(tmp_path):
     import subprocess
-    import sys
+
+    import child_process
 
     state, duration = keras.Input((2,), name="state"), keras.Input((), name="duration")
     ode = kt.TaylorLagrangeODE(LinearField(A), num_steps=2, correction=kt.MidpointCorrection(use_step_size=True))
@@ -130,18 +131,9 @@ def test_export_serves_state_and_duration(tmp_path):
     expected = model.predict([x, d], verbose=0)
     np.save(tmp_path / "x.npy", x)
     np.save(tmp_path / "d.npy", d)
-    script = (
-        "import sys, numpy as np, tensorflow as tf\n"
-        "sys.modules['keras'] = None; sys.modules['keras_tlnode'] = None\n"
-        f"served = tf.saved_model.load({str(tmp_path / 'served')!r})\n"
-        f"x, d = np.load({str(tmp_path / 'x.npy')!r}), np.load({str(tmp_path / 'd.npy')!r})\n"
-        "named = served.signatures['serving_default'](state=tf.constant(x), duration=tf.constant(d))\n"
-        "assert np.allclose(list(named.values())[0].numpy(), served.serve([x, d]).numpy())\n"
-        f"keras_served = tf.saved_model.load({str(tmp_path / 'keras')!r})\n"
-        "assert np.allclose(keras_served.serve([x, d]).numpy(), served.serve([x, d]).numpy(), rtol=0, atol=1e-6)\n"
-        "print(served.serve([x, d]).numpy().tolist(), served.trajectory([x, d]).numpy().shape)\n"
-    )
-    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300, check=False)
+    command = child_process.command("serve_state_and_duration.py", str(tmp_path))
+    env = child_process.environment()
+    run = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300, check=False)
     assert run.returncode == 0, run.stderr[-2000:]
     served, shape = run.stdout.strip().rsplit(" (", 1)
     np.testing.assert_allclose(np.array(eval(served)), expected, atol=1e-6)

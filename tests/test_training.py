@@ -1,7 +1,6 @@
 """TLNODEModel: the alternating schedule, known-dynamics training, teacher failures, distribution."""
 
 import json
-import textwrap
 
 import child_process
 import keras
@@ -210,27 +209,14 @@ def parity_fit(strategy: tf.distribute.Strategy | None = None) -> dict:
     }
 
 
-# Devices are fixed when TensorFlow starts: two logical CPUs need a process of their own.
-MIRRORED_SCRIPT = textwrap.dedent(
-    """
-    import json, sys
-    import tensorflow as tf
-    cpu = tf.config.list_physical_devices("CPU")[0]
-    tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
-    import test_training
-    json.dump(test_training.parity_fit(tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])), sys.stdout)
-    """
-)
-
-
 @pytest.fixture(scope="module", autouse=True)
 def mirrored_child(request, tmp_path_factory):
     """The mirrored half of the parity test below, started with the module: it runs in a
-    process of its own (two logical CPUs) beside this module's other tests."""
+    process of its own (two logical CPUs, tests/programs/mirrored_parity.py) beside this module's other tests."""
     if not child_process.selected(request, test_mirrored_strategy_matches_single_device):
         yield None
         return
-    child = child_process.Child(tmp_path_factory.mktemp("mirrored"), MIRRORED_SCRIPT)
+    child = child_process.Child(tmp_path_factory.mktemp("mirrored"), "mirrored_parity.py")
     try:
         yield child
     finally:

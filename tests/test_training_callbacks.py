@@ -356,10 +356,7 @@ def nan_child(request, tmp_path_factory):
         yield None
         return
     directory = tmp_path_factory.mktemp("nan_on_a_correction_step")
-    script = (
-        "import json, sys, test_training_callbacks as t\nprint(json.dumps(t.nan_on_a_correction_step(sys.argv[1])))"
-    )
-    child = child_process.Child(directory, script, str(directory / "fitting"))
+    child = child_process.Child(directory, "nan_on_a_correction_step.py", str(directory / "fitting"))
     try:
         yield {"child": child, "started": time.time(), "marker": directory / "fitting"}
     finally:
@@ -523,21 +520,23 @@ def test_our_backup_resumes_a_stream_read_on_across_epochs(tmp_path, uninterrupt
 
 def test_our_backup_survives_a_crash_while_saving(tmp_path, monkeypatch):
     """The state file names a complete backup at every moment: a save that dies half-way leaves the last one."""
-    model = _model()
-    backup = kt.BackupAndRestore(str(tmp_path))
-    backup.set_model(model)
-    backup._save(1, 0, 0)
-    saved = model.get_weights()
-    model.set_weights([w + 1 for w in saved])
+    x, y = _data()
+    interrupted = _model()
+    with pytest.raises(_Interrupted):  # backed up after the first batch, then stopped
+        _fit(interrupted, x, y, callbacks=[kt.BackupAndRestore(str(tmp_path), save_freq=1), _InterruptAtBatch(0, 0)])
+    saved = interrupted.get_weights()
 
     def crash(path, **kwargs):
         with open(path, "w") as file:
             file.write("half a weights file")
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(model, "save_weights", crash)
-    with pytest.raises(KeyboardInterrupt):
-        backup._save(2, 0, 0)
+    resumed = _model(seed=1)
+    monkeypatch.setattr(resumed, "save_weights", crash)
+    with pytest.raises(KeyboardInterrupt):  # resumes, trains the second batch, and dies backing it up
+        _fit(resumed, x, y, callbacks=[kt.BackupAndRestore(str(tmp_path), save_freq=1)])
+    assert int(resumed.optimizer.iterations) == 2  # what the crashed backup would have held differs
+    assert any(not np.array_equal(a, b) for a, b in zip(resumed.get_weights(), saved, strict=True))
     fresh = _model(seed=1)
     restore = kt.BackupAndRestore(str(tmp_path))
     restore.set_model(fresh)

@@ -1,0 +1,16 @@
+"""The mirrored half of tests/test_training.py's parity test: `parity_fit` under two logical CPUs.
+
+Devices are fixed when TensorFlow starts, so two logical CPUs need a process of
+their own. Prints the result as one line of JSON.
+"""
+
+import json
+import sys
+
+import tensorflow as tf
+
+cpu = tf.config.list_physical_devices("CPU")[0]
+tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+import test_training  # noqa: E402
+
+json.dump(test_training.parity_fit(tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])), sys.stdout)
