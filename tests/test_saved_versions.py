@@ -2,7 +2,7 @@
 
 Each version's files are written once by tests/programs/save_version_models.py and never rewritten: they
 stand for what users of that version have on disk. Configs saved by 0.1 are tested in test_layers.py,
-test_correction.py and test_training_contract.py.
+test_correction.py and test_keras_training_features.py.
 """
 
 import importlib.util

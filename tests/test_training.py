@@ -151,30 +151,6 @@ def test_nested_and_several_tl_layers_all_get_corrected():
     assert history.history["nfe"][-1] == first.nfe + second.nfe
 
 
-def test_subclassed_tlnode_model():
-    class Classifier(kt.TLNODEModel):
-        def __init__(self):
-            super().__init__()
-            self.encoder = keras.layers.Dense(3)
-            self.ode = kt.TaylorLagrangeODE(
-                keras.layers.Dense(3, activation="tanh"), correction=kt.MidpointCorrection(), remainder_weight=0.1
-            )
-            self.head = keras.layers.Dense(1)
-
-        def call(self, x):
-            return self.head(self.ode(self.encoder(x)))
-
-    keras.utils.set_random_seed(5)
-    x = np.random.default_rng(1).normal(size=(64, 4)).astype("float32")
-    y = x[:, :1] - x[:, 1:2]
-    model = Classifier()
-    model.compile(optimizer=keras.optimizers.Adam(1e-2), loss="mse", correction_every=2, correction_steps=1)
-    history = model.fit(x, y, batch_size=16, epochs=8, verbose=0)
-    assert history.history["loss"][-1] < 0.7 * history.history["loss"][0]
-    assert history.history["remainder"][-1] > 0
-    assert history.history["correction_loss"][-1] > 0
-
-
 def parity_fit(strategy: tf.distribute.Strategy | None = None) -> dict:
     """Two epochs of a small corrected model built in `strategy`'s scope (default: none); what they leave."""
     strategy = strategy or tf.distribute.get_strategy()
