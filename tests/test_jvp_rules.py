@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from keras_tlnode.jvp_rules import RULES, rules_inlined
+from keras_tlnode.jvp_rules import RULES, ZERO_AWARE, rules_inlined
 
 RNG = np.random.default_rng(0)
 
@@ -140,6 +140,55 @@ def test_rule_matches_tensorflows_jvp_to_second_order(name):
     assert name in {op.type for op in graph.get_operations()}
     # Inline: no per-op JVP function is called, as TensorFlow's own transposition does.
     assert not {op.type for op in graph.get_operations()} & {"PartitionedCall", "StatefulPartitionedCall"}
+
+
+HELD = [(name, held) for name in sorted(ZERO_AWARE - {"Add"}) for held in range(len(CASES[name][1]))]
+
+
+@pytest.mark.parametrize("name,held", HELD)
+def test_rule_leaves_out_the_term_of_an_input_without_a_tangent(name, held):
+    """With input `held` a constant (TensorFlow passes zeros as its tangent), the rule's JVP is still TensorFlow's."""
+    fn, primals = CASES[name]
+    watched = primals[:held] + primals[held + 1 :]
+
+    def with_constant(*args: tf.Tensor) -> tf.Tensor:
+        return fn(*args[:held], primals[held], *args[held:])
+
+    expected = tf.function(second_order, autograph=False)(with_constant, watched)
+    rules = tf.function(second_order, autograph=False)
+    with rules_inlined():
+        rules.get_concrete_function(with_constant, watched)
+    for truth, actual in zip(expected, rules(with_constant, watched), strict=True):
+        np.testing.assert_allclose(actual.numpy(), truth.numpy(), rtol=1e-12, atol=1e-12)
+
+
+def test_a_fields_weights_cost_no_terms():
+    """A weight's tangent is zero at every depth: no product in the pass takes a known zero, and XLA's
+    optimised order-1 pass of an MLP with L layers does 2L matrix products (f and its JVP), not 3L."""
+    import re
+
+    import keras
+
+    from keras_tlnode import taylor_coefficients
+
+    keras.utils.set_random_seed(0)
+    field = keras.Sequential([keras.Input((4,)), keras.layers.Dense(16, "tanh"), keras.layers.Dense(16, "tanh")])
+    field.add(keras.layers.Dense(4))
+    z = tf.random.normal((8, 4))
+    graph = tf.function(lambda z: taylor_coefficients(field, z, 3)).get_concrete_function(z).graph.as_graph_def()
+    bodies = [list(graph.node)] + [list(function.node_def) for function in graph.library.function]
+    products = {"MatMul", "Mul", "BiasAdd", "BatchMatMulV2", "Einsum"}
+    for nodes in bodies:
+        zeros = {
+            node.name for node in nodes if node.op == "Const" and not np.any(tf.make_ndarray(node.attr["value"].tensor))
+        }
+        for node in nodes:
+            if node.op in products:
+                assert not {name.split(":")[0] for name in node.input} & zeros, node
+    hlo = tf.function(lambda z: taylor_coefficients(field, z, 1), jit_compile=True).experimental_get_compiler_ir(z)(
+        stage="optimized_hlo"
+    )
+    assert len(re.findall(r" dot\(", hlo)) == 2 * 3
 
 
 def graph_ops() -> set[str]:
