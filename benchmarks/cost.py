@@ -4,7 +4,9 @@ One problem for every method: f_θ an MLP, one step over Δt = 0.1 of a stable
 linear system (targets from its exact flow), MSE, Adam 1e-3,
 `steps_per_execution=10`, each method at its defaults (the TL-NODE models in
 `TLNODEModel`, the corrected one with `MidpointCorrection()` and the compile
-defaults, so its correction phase runs inside the timed steps). Sizes:
+defaults, so its correction phase runs inside the timed steps; two variants
+of it separate the correction phase's share, "phase 1 only" (no correction
+phase) and "RK4Teacher" (the fixed-step teacher instead of DormandPrince)). Sizes:
 *small* = 2→64→64→2 (tanh), batch 256; *larger* = 3→96→96→3 (softplus),
 batch 1000. Settings: graph mode and XLA (`jit_compile=True`).
 
@@ -23,7 +25,7 @@ Timings need a quiet machine: the children run one after another, nothing
 else should run beside them. Quick: the small size, one run each; full: both
 sizes, 3 runs each (medians).
 
-    python benchmarks/cost.py [--quick | --full] [--methods ...] [--json PATH]   # committed: --full --json benchmarks/results/cost.json| --full] [--methods ...] [--json PATH]
+    python benchmarks/cost.py [--quick | --full] [--methods ...] [--json PATH]   # committed: --full --json benchmarks/results/cost.json
 """
 
 from __future__ import annotations
@@ -43,7 +45,17 @@ import tensorflow as tf
 
 import keras_tlnode
 
-METHODS = ("floor", "euler", "heun", "rk4", "tl_node_uncorrected", "tl_node", "dormand_prince")
+METHODS = (
+    "floor",
+    "euler",
+    "heun",
+    "rk4",
+    "tl_node_uncorrected",
+    "tl_node_phase1",
+    "tl_node",
+    "tl_node_rk4_teacher",
+    "dormand_prince",
+)
 BASELINE = "rk4"
 SETTINGS = ("graph", "xla")
 SIZES = {
@@ -86,9 +98,18 @@ def build(method: str, size: dict) -> keras.Model:
         return keras.Model(inputs, keras_tlnode.FixedStepODE(field, method=method, duration=DT)(inputs))
     if method == "dormand_prince":
         return keras.Model(inputs, keras_tlnode.DormandPrinceODE(field, duration=DT, rtol=1e-6, atol=1e-6)(inputs))
-    correction = keras_tlnode.MidpointCorrection() if method == "tl_node" else None
+    correction = None if method == "tl_node_uncorrected" else keras_tlnode.MidpointCorrection()
     ode = keras_tlnode.TaylorLagrangeODE(field, duration=DT, correction=correction)
     return keras_tlnode.TLNODEModel(inputs, ode(inputs))
+
+
+def correction_settings(method: str) -> dict:
+    """The corrected variants' compile arguments: the defaults, a fixed-step teacher, or no correction phase at all."""
+    if method == "tl_node_rk4_teacher":
+        return {"teacher": keras_tlnode.RK4Teacher()}
+    if method == "tl_node_phase1":  # phase 1 only: what the correction phase adds is the difference to "tl_node"
+        return {"correction_every": 10**9}
+    return {}
 
 
 def evaluations(model: keras.Model, x: np.ndarray) -> float:
@@ -137,7 +158,13 @@ def measure(method: str, size_name: str, setting: str, steps: int, segments: int
     _, x, y = problem(size)
     started = time.perf_counter()
     model = build(method, size)
-    model.compile(keras.optimizers.Adam(1e-3), "mse", steps_per_execution=10, jit_compile=setting == "xla")
+    model.compile(
+        keras.optimizers.Adam(1e-3),
+        "mse",
+        steps_per_execution=10,
+        jit_compile=setting == "xla",
+        **correction_settings(method),
+    )
     dataset = tf.data.Dataset.from_tensor_slices((x, y)).batch(size["batch"], drop_remainder=True).repeat()
     built = time.perf_counter()
     tracing = _TracingClock(model)
@@ -194,7 +221,9 @@ LABELS = {
     "heun": "Heun",
     "rk4": "RK4",
     "tl_node_uncorrected": "TL-NODE order 1, uncorrected",
+    "tl_node_phase1": "TL-NODE order 1, corrected, phase 1 only",
     "tl_node": "TL-NODE order 1, corrected",
+    "tl_node_rk4_teacher": "TL-NODE order 1, corrected, RK4Teacher",
     "dormand_prince": "DormandPrince 1e-6",
 }
 

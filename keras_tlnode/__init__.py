@@ -1,7 +1,7 @@
 """keras_tlnode: Taylor-Lagrange neural ODEs (TL-NODE) as Keras 3 layers.
 
 Public API: `taylor_coefficients`, `TaylorLagrangeODE`, `MidpointCorrection`,
-`TLNODEModel` and its teacher, `DormandPrinceTeacher`, `BackupAndRestore`
+`TLNODEModel` and its teachers, `DormandPrinceTeacher` and `RK4Teacher`, `BackupAndRestore`
 for fault-tolerant training, `export_saved_model` for serving, and the
 baselines: `FixedStepODE` (Euler, Heun, RK4) and `DormandPrinceODE` (adaptive);
 `ContinuousNormalizingFlow` for density estimation.
@@ -22,7 +22,7 @@ from keras_tlnode.export import export_saved_model
 from keras_tlnode.flow import ContinuousNormalizingFlow
 from keras_tlnode.layers import FixedStepODE, TaylorLagrangeODE
 from keras_tlnode.taylor import taylor_coefficients
-from keras_tlnode.teacher import DormandPrinceTeacher
+from keras_tlnode.teacher import DormandPrinceTeacher, RK4Teacher
 from keras_tlnode.training import TLNODEModel
 
 __all__ = [
@@ -32,6 +32,7 @@ __all__ = [
     "DormandPrinceTeacher",
     "FixedStepODE",
     "MidpointCorrection",
+    "RK4Teacher",
     "TLNODEModel",
     "TaylorLagrangeODE",
     "export_saved_model",

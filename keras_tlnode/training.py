@@ -18,8 +18,8 @@ import tensorflow as tf
 from keras_tlnode.compat import Functional, MultiWorkerFit, loss_tracker, multi_worker_logs
 from keras_tlnode.layers import Spans, TaylorLagrangeODE, layers_of
 from keras_tlnode.recording import RecordedCalls, recorded_calls
-from keras_tlnode.teacher import DormandPrinceTeacher
-from keras_tlnode.validation import check_instance, check_int, check_optional_int
+from keras_tlnode.teacher import DormandPrinceTeacher, Teacher
+from keras_tlnode.validation import check_int, check_optional_int
 
 # Measured on the known stiff system (eigenvalues -1000, -1; Δt = 0.002; 100 correction
 # steps): Adam at 1e-4, 1e-3, 1e-2, 3e-2 made the step 5x, 370x, 3800x, 370000x more
@@ -110,7 +110,7 @@ class TLNODEModel(MultiWorkerFit, keras.Model):
         correction_every: int = DEFAULT_CORRECTION_EVERY,
         correction_steps: int = DEFAULT_CORRECTION_STEPS,
         teacher_samples: int | None = DEFAULT_TEACHER_SAMPLES,
-        teacher: DormandPrinceTeacher | None = None,
+        teacher: Teacher | None = None,
         auto_scale_loss: bool = True,
         **kwargs,
     ) -> None:
@@ -138,10 +138,11 @@ class TLNODEModel(MultiWorkerFit, keras.Model):
             teacher_samples: solve from at most this many of the step starts
                 (drawn per step, deterministically), >= 1 (default 64); None:
                 all of them.
-            teacher: the reference solver, a `DormandPrinceTeacher` (or a
-                subclass) created under the model's distribution strategy;
-                default `DormandPrinceTeacher()` (rtol = atol = 1e-6, float64,
-                XLA).
+            teacher: the reference solver, a `DormandPrinceTeacher` or an
+                `RK4Teacher` (or a subclass) created under the model's
+                distribution strategy; default `DormandPrinceTeacher()`
+                (rtol = atol = 1e-6, float64, XLA). `RK4Teacher()` traces and
+                compiles faster, for non-stiff fields.
             auto_scale_loss: Keras's, applied to both optimizers: under the
                 `mixed_float16` policy, each is wrapped in a
                 `LossScaleOptimizer`.
@@ -157,7 +158,11 @@ class TLNODEModel(MultiWorkerFit, keras.Model):
         correction_every = check_int(correction_every, "correction_every")
         correction_steps = check_int(correction_steps, "correction_steps")
         teacher_samples = check_optional_int(teacher_samples, "teacher_samples")
-        check_instance(teacher, "teacher", DormandPrinceTeacher, optional=True)
+        if teacher is not None and not isinstance(teacher, Teacher):
+            raise TypeError(
+                f"`teacher` must be a DormandPrinceTeacher or an RK4Teacher (or a subclass), or None, "
+                f"got {type(teacher).__name__}."
+            )
         if teacher is None:
             with self.distribute_strategy.scope():
                 teacher = DormandPrinceTeacher()

@@ -15,6 +15,7 @@ def test_public_api_is_exactly_the_documented_names():
         "DormandPrinceTeacher",
         "FixedStepODE",
         "MidpointCorrection",
+        "RK4Teacher",
         "TLNODEModel",
         "TaylorLagrangeODE",
         "export_saved_model",
