@@ -5,8 +5,9 @@ linear system (targets from its exact flow), MSE, Adam 1e-3,
 `steps_per_execution=10`, each method at its defaults (the TL-NODE models in
 `TLNODEModel`, the corrected one with `MidpointCorrection()` and the compile
 defaults, so its correction phase runs inside the timed steps; two variants
-of it separate the correction phase's share, "phase 1 only" (no correction
-phase) and "RK4Teacher" (the fixed-step teacher instead of DormandPrince)). Sizes:
+of it separate the correction phase's share, "phase 1 only" (the phase never
+due, but traced and compiled) and "RK4Teacher" (the fixed-step teacher instead
+of DormandPrince)). Sizes:
 *small* = 2→64→64→2 (tanh), batch 256; *larger* = 3→96→96→3 (softplus),
 batch 1000. Settings: graph mode and XLA (`jit_compile=True`).
 
