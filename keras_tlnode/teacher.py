@@ -1,8 +1,10 @@
-"""The teacher: a high-fidelity adaptive solve of the current vector field.
+"""The teachers: high-fidelity solves of the current vector field over one step.
 
 Phase 2 of TL-NODE training fits Γ_φ so that the Taylor-Lagrange step matches an
-accurate solution of the same f_θ; `tfp.math.ode.DormandPrince` provides it.
-The teacher is only on the training path, never in inference or export.
+accurate solution of the same f_θ: by default `tfp.math.ode.DormandPrince`
+(adaptive, `DormandPrinceTeacher`), or fixed RK4 steps (`RK4Teacher`, cheaper to
+trace and compile, for non-stiff fields). The teacher is only on the training
+path, never in inference or export.
 """
 
 from __future__ import annotations
