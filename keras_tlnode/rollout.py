@@ -15,7 +15,9 @@ def rollout(
     """Applies `step` `num_steps` times from `x0`.
 
     A `tf.while_loop` keeps the graph size independent of `num_steps` and
-    compiles under XLA.
+    compiles under XLA. A single step to its final state is called directly:
+    the loop's bookkeeping (and, in the backward pass, its stacks of saved
+    activations) costs more than the step at small sizes.
 
     Args:
         step: `step(x, k) -> (x_next, remainder)`, `k` the int32 step index.
@@ -39,6 +41,10 @@ def rollout(
         # it would be dead weight, and it blocks TFLite conversion with a dynamic batch.
         return (k + 1, x_next, total) + tuple(states.write(k + 1, x_next) for states in trajectory)
 
+    if num_steps == 1 and not return_trajectory:
+        x, remainder = step(x0, tf.constant(0))
+        total = tf.reduce_mean(tf.abs(remainder)) if sum_remainders else tf.zeros((), x0.dtype)
+        return x, total
     trajectory: tuple[tf.TensorArray, ...] = ()
     if return_trajectory:
         trajectory = (tf.TensorArray(x0.dtype, size=num_steps + 1, element_shape=x0.shape).write(0, x0),)

@@ -1,5 +1,5 @@
 """What a fit traces and compiles: the train step once per fit, the teacher's solve once per trace, and
-`jit_compile=True` kept, with XLA's loss and gradients equal to graph mode's.
+`jit_compile=True` kept, with XLA's loss and gradients equal to graph mode's; a single step runs without a loop.
 
 Timings live in benchmarks/cost.py; these count what is traced and compare numbers.
 """
@@ -121,3 +121,32 @@ def test_xla_gives_graph_modes_loss_and_gradients(build):
     assert len(graph) == len(model.trainable_variables) + 1
     for a, b in zip(graph, xla, strict=True):
         np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-6 * max(1.0, float(np.max(np.abs(a)))))
+
+
+def _op_types(layer: keras.layers.Layer) -> set[str]:
+    """The op types of one training call of `layer` and its gradient, nested functions included."""
+    x = tf.ones((4, 2))
+
+    def loss(x):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            y = tf.reduce_sum(layer(x, training=True))
+        return tape.gradient(y, x)
+
+    graph = tf.function(loss).get_concrete_function(x).graph
+    functions = graph.as_graph_def().library.function
+    return {op.type for op in graph.get_operations()} | {n.op for f in functions for n in f.node_def}
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda n: kt.TaylorLagrangeODE(keras.layers.Dense(2, activation="tanh"), duration=0.1, num_steps=n),
+        lambda n: kt.FixedStepODE(keras.layers.Dense(2, activation="tanh"), method="rk4", duration=0.1, num_steps=n),
+    ],
+    ids=["TaylorLagrangeODE", "FixedStepODE"],
+)
+def test_one_step_to_the_final_state_runs_without_a_loop(make):
+    # The loop's bookkeeping and its saved-activation stacks cost more than a small step.
+    assert not {"While", "StatelessWhile"} & _op_types(make(1))
+    assert {"While", "StatelessWhile"} & _op_types(make(2))
