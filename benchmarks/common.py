@@ -836,6 +836,28 @@ def cost_summary_block(report: dict) -> str:
     return "\n\n".join(parts)
 
 
+CHECKPOINTING_COLUMNS = [
+    ("backprop_memory_mb", "backprop MB", ".0f"),
+    ("checkpointed_memory_mb", "checkpointed MB", ".0f"),
+    ("memory_ratio", "memory ratio", ".3f"),
+    ("backprop_step_s", "backprop step s", ".3f"),
+    ("checkpointed_step_s", "checkpointed step s", ".3f"),
+    ("time_ratio", "time ratio", ".2f"),
+]
+
+
+def checkpointing_block(report: dict) -> str:
+    """checkpointing.py's summary: per method and setting, memory above K = 8 and step time by K (docs/benchmarks.md)."""
+    parts = []
+    for name, by_steps in report["summary"].items():
+        setting = name.split("/")[1]
+        ordered = sorted(by_steps.items(), key=lambda item: int(item[0]))
+        rows = {k: {**row, "label": f"K = {k}"} for k, row in ordered}
+        title = f"**{ordered[0][1]['label']}, {setting}**"
+        parts.append(title + "\n\n" + harness.markdown_table(rows, CHECKPOINTING_COLUMNS, first="steps"))
+    return "\n\n".join(parts)
+
+
 # ---- benchmark.py (its parts' results, one file each)
 
 
@@ -985,6 +1007,7 @@ DOC_TABLES = {
         {"summary": density_summary_block, "gates": density_gates_block, "validity": density_validity_block},
     ),
     "cost": DocTables("cost.json", {"summary": cost_summary_block}),
+    "checkpointing": DocTables("checkpointing.json", {"summary": checkpointing_block}),
     "benchmark": DocTables(
         {
             "benchmark": "benchmark.json",

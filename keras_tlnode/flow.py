@@ -222,6 +222,9 @@ class ContinuousNormalizingFlow(TLNODEModel):
         method: "taylor_lagrange", or a classical scheme, "euler", "heun" or
             "rk4" (a `FixedStepODE` of the same field, without correction: the
             baselines of the same model).
+        gradient_checkpointing: in training, recompute each step's
+            activations in the backward pass instead of keeping them, as for
+            `TaylorLagrangeODE` (docs/usage.md, "Long horizons").
         **kwargs: `keras.Model` arguments (e.g. `name`).
 
     Call arguments:
@@ -273,6 +276,8 @@ class ContinuousNormalizingFlow(TLNODEModel):
         fold_weight: float = DEFAULT_FOLD_WEIGHT,
         seed: int | None = None,
         method: str = "taylor_lagrange",
+        *,
+        gradient_checkpointing: bool = False,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -291,7 +296,14 @@ class ContinuousNormalizingFlow(TLNODEModel):
 
         def steps(field: keras.layers.Layer) -> StepwiseODE:
             if method != "taylor_lagrange":
-                return FixedStepODE(field, method=method, num_steps=num_steps, duration=duration, time_dependent=True)
+                return FixedStepODE(
+                    field,
+                    method=method,
+                    num_steps=num_steps,
+                    duration=duration,
+                    time_dependent=True,
+                    gradient_checkpointing=gradient_checkpointing,
+                )
             return TaylorLagrangeODE(
                 field,
                 order=order,
@@ -300,6 +312,7 @@ class ContinuousNormalizingFlow(TLNODEModel):
                 time_dependent=True,
                 correction=correction,
                 remainder_weight=remainder_weight,
+                gradient_checkpointing=gradient_checkpointing,
             )
 
         # The steps of the data path: x → Φ(x), with the exact change of volume. The layer
@@ -307,6 +320,7 @@ class ContinuousNormalizingFlow(TLNODEModel):
         self.flow = steps(vector_field)
         self.num_steps, self.duration = self.flow.num_steps, self.flow.duration
         self.remainder_weight = getattr(self.flow, "remainder_weight", 0.0)
+        self.gradient_checkpointing = self.flow.gradient_checkpointing
         if probes:
             check_hutchinson_steps(self.num_steps, method, self.order)
         # Hutchinson's training path: the same steps on [z, Δ, ε], with the same Γ_φ.
@@ -549,6 +563,7 @@ class ContinuousNormalizingFlow(TLNODEModel):
             "fold_weight": self.fold_weight,
             "seed": self.seed,
             "method": self.method,
+            "gradient_checkpointing": self.gradient_checkpointing,
         }
 
     @classmethod

@@ -208,6 +208,10 @@ class StepwiseODE(ODELayer):
     """A layer that integrates in `num_steps` fixed steps of its `step`: the base
     of `TaylorLagrangeODE` and `FixedStepODE` (internal; not part of the public API)."""
 
+    def __init__(self, *args, gradient_checkpointing: bool = False, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.gradient_checkpointing = check_bool(gradient_checkpointing, "gradient_checkpointing")
+
     @property
     def nfe(self) -> int:
         """Calls of the vector field per call of this layer: `num_steps` times the calls per step."""
@@ -221,6 +225,11 @@ class StepwiseODE(ODELayer):
 
     def call(self, inputs: tf.Tensor | list, training: bool | None = None) -> tf.Tensor:
         return self._forward(self._spans(inputs), training, log_det=False)
+
+    def get_config(self) -> dict:
+        config = super().get_config()
+        config.update(gradient_checkpointing=self.gradient_checkpointing)
+        return config
 
     def change_of_variables(self, x: tf.Tensor, training: bool | None = None) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
         """`(Φ(x), log det ∂Φ/∂x, fold)`: the rollout map Φ of flat states and its log-volume change.
@@ -279,17 +288,25 @@ class StepwiseODE(ODELayer):
 
     def _forward(self, spans: Spans, training: bool | None, log_det: bool) -> tf.Tensor:
         """The output of the rollout of `spans`, with [·, log det] if `log_det`."""
-        return self._rollout(spans.states, spans.step_size, False, log_det, barrier=log_det and bool(training))[0]
+        return self._rollout(spans.states, spans.step_size, training, False, log_det)[0]
 
     def _rollout(
-        self, x: tf.Tensor, step_size: tf.Tensor | None, penalise: bool, log_det: bool = False, barrier: bool = False
+        self, x: tf.Tensor, step_size: tf.Tensor | None, training: bool | None, penalise: bool, log_det: bool = False
     ) -> tuple[tf.Tensor, tf.Tensor]:
         """`(output states, Σ_k mean|R_k| if penalise)` of the rollout from `x` (see `_integrate`)."""
         integrate = _traced(self, "_integrate") if tf.executing_eagerly() else self._integrate
-        return integrate(x, step_size, penalise, log_det, barrier)
+        # Only training takes gradients: inference and export keep the plain steps.
+        checkpoint = self.gradient_checkpointing and bool(training)
+        return integrate(x, step_size, penalise, log_det, log_det and bool(training), checkpoint)
 
     def _integrate(
-        self, x: tf.Tensor, step_size: tf.Tensor | None, penalise: bool, log_det: bool = False, barrier: bool = False
+        self,
+        x: tf.Tensor,
+        step_size: tf.Tensor | None,
+        penalise: bool,
+        log_det: bool = False,
+        barrier: bool = False,
+        checkpoint: bool = False,
     ) -> tuple[tf.Tensor, tf.Tensor]:
         """The rollout; with `log_det`, of [x, Δ, F] (`volume.with_log_det`), F accumulated only with `barrier`."""
         step = self._step_fn(step_size)
@@ -298,7 +315,15 @@ class StepwiseODE(ODELayer):
                 with_log_det(step, barrier),
                 tf.concat([x, tf.zeros(tf.stack([tf.shape(x)[0], 2]), x.dtype)], axis=-1),
             )
-        return rollout(step, x, self.num_steps, self.return_trajectory, sum_remainders=penalise)
+        return rollout(
+            step,
+            x,
+            self.num_steps,
+            self.return_trajectory,
+            sum_remainders=penalise,
+            checkpoint=checkpoint,
+            step_inputs=() if step_size is None else (step_size,),
+        )
 
     def _invert(self, y: tf.Tensor) -> tf.Tensor:
         step = self._step_fn(None)
@@ -411,6 +436,12 @@ class FixedStepODE(StepwiseODE):
         return_trajectory: return the states at t_initial + 0, Δt, ...,
             duration on a new axis 1 instead of the final state.
         t_initial: time at the start of the interval (time-dependent fields).
+        gradient_checkpointing: in training, keep only each step's start
+            state for the backward pass and recompute the step's activations
+            there: a training step's memory no longer grows with `num_steps`
+            times the field's activations, for about one more forward pass
+            (docs/usage.md, "Long horizons"). Inference and export are
+            unchanged.
         t_final: deprecated name of `duration`, with a `DeprecationWarning`;
             removed in 1.0.
         **kwargs: standard `keras.layers.Layer` arguments.
@@ -451,11 +482,20 @@ class FixedStepODE(StepwiseODE):
         return_trajectory: bool = False,
         t_initial: float = 0.0,
         *,
+        gradient_checkpointing: bool = False,
         t_final: float | None = None,
         **kwargs,
     ):
         super().__init__(
-            vector_field, num_steps, duration, time_dependent, return_trajectory, t_initial, t_final=t_final, **kwargs
+            vector_field,
+            num_steps,
+            duration,
+            time_dependent,
+            return_trajectory,
+            t_initial,
+            gradient_checkpointing=gradient_checkpointing,
+            t_final=t_final,
+            **kwargs,
         )
         self.method = check_choice(method, "method", tuple(CLASSICAL))
 
@@ -534,6 +574,12 @@ class TaylorLagrangeODE(StepwiseODE):
             `.keras` files saved by 0.1 with one still load as that
             `FixedStepODE`, with a `DeprecationWarning`.
         t_initial: time at the start of the interval (time-dependent fields).
+        gradient_checkpointing: in training, keep only each step's start
+            state for the backward pass and recompute the step's activations
+            there: a training step's memory no longer grows with `num_steps`
+            times the field's activations, for about one more forward pass
+            (docs/usage.md, "Long horizons"). Inference and export are
+            unchanged.
         t_final: deprecated name of `duration`, with a `DeprecationWarning`;
             removed in 1.0.
         **kwargs: standard `keras.layers.Layer` arguments.
@@ -591,6 +637,7 @@ class TaylorLagrangeODE(StepwiseODE):
         method: str | None = None,
         t_initial: float = 0.0,
         *,
+        gradient_checkpointing: bool = False,
         t_final: float | None = None,
         **kwargs,
     ):
@@ -601,7 +648,15 @@ class TaylorLagrangeODE(StepwiseODE):
                 f"keras_tlnode.FixedStepODE(vector_field, method={method!r}, num_steps=..., duration=...)."
             )
         super().__init__(
-            vector_field, num_steps, duration, time_dependent, return_trajectory, t_initial, t_final=t_final, **kwargs
+            vector_field,
+            num_steps,
+            duration,
+            time_dependent,
+            return_trajectory,
+            t_initial,
+            gradient_checkpointing=gradient_checkpointing,
+            t_final=t_final,
+            **kwargs,
         )
         self.order = check_int(order, "order", 0, MAX_ORDER)
         self.remainder_weight = check_float(remainder_weight, "remainder_weight", non_negative=True)
@@ -622,9 +677,7 @@ class TaylorLagrangeODE(StepwiseODE):
     def _forward(self, spans: Spans, training: bool | None, log_det: bool) -> tf.Tensor:
         # In training, the remainder penalty joins the loss and the call is recorded for the correction phase.
         penalise = bool(training) and self.remainder_weight > 0
-        states, remainder = self._rollout(
-            spans.states, spans.step_size, penalise, log_det, barrier=log_det and bool(training)
-        )
+        states, remainder = self._rollout(spans.states, spans.step_size, training, penalise, log_det)
         penalty = self.remainder_weight * remainder if penalise else None
         if penalty is not None and penalty.dtype.size < 4:
             # Under mixed precision Keras sums the losses in float32.

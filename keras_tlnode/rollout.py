@@ -1,4 +1,4 @@
-"""The fixed-step loop shared by every scheme."""
+"""The fixed-step loop shared by every scheme, and its gradient-checkpointed variant."""
 
 from __future__ import annotations
 
@@ -10,7 +10,13 @@ StepFn = Callable[[tf.Tensor, tf.Tensor], tuple[tf.Tensor, tf.Tensor]]
 
 
 def rollout(
-    step: StepFn, x0: tf.Tensor, num_steps: int, return_trajectory: bool, sum_remainders: bool = False
+    step: StepFn,
+    x0: tf.Tensor,
+    num_steps: int,
+    return_trajectory: bool,
+    sum_remainders: bool = False,
+    checkpoint: bool = False,
+    step_inputs: tuple[tf.Tensor, ...] = (),
 ) -> tuple[tf.Tensor, tf.Tensor]:
     """Applies `step` `num_steps` times from `x0`.
 
@@ -27,34 +33,131 @@ def rollout(
             (after 0, 1, ..., num_steps steps) instead of the final state `(batch, ...)`.
         sum_remainders: accumulate the remainder penalty; only training needs
             it, so inference and export graphs leave it out.
+        checkpoint: gradient checkpointing (`checkpointed_rollout`): the
+            backward pass keeps the states only and recomputes each step.
+        step_inputs: with `checkpoint`, the tensors other than the state and
+            the variables that `step` reads and that gradients may flow to
+            (per-sample step sizes).
 
     Returns:
         `(states, remainder)`, where `remainder` is the scalar Σ_k mean|R_k| of
         the steps' Lagrange remainders (zero unless `sum_remainders`).
     """
-
-    def body(k, x, total, *trajectory):
-        x_next, remainder = step(x, k)
-        if sum_remainders:
-            total += tf.reduce_mean(tf.abs(remainder))
-        # The TensorArray exists only for trajectories: in the final-state graph
-        # it would be dead weight, and it blocks TFLite conversion with a dynamic batch.
-        return (k + 1, x_next, total) + tuple(states.write(k + 1, x_next) for states in trajectory)
-
+    if checkpoint:
+        return checkpointed_rollout(step, x0, num_steps, return_trajectory, sum_remainders, step_inputs)
     if num_steps == 1 and not return_trajectory:
         x, remainder = step(x0, tf.constant(0))
-        total = tf.reduce_mean(tf.abs(remainder)) if sum_remainders else tf.zeros((), x0.dtype)
-        return x, total
-    trajectory: tuple[tf.TensorArray, ...] = ()
-    if return_trajectory:
-        trajectory = (tf.TensorArray(x0.dtype, size=num_steps + 1, element_shape=x0.shape).write(0, x0),)
-    _, x, total, *trajectory = tf.while_loop(
+        return x, _penalty(remainder) if sum_remainders else tf.zeros((), x0.dtype)
+    states, total = _loop(step, x0, num_steps, return_trajectory, sum_remainders)
+    return (_swap_steps_and_batch(states.stack()) if return_trajectory else states), total
+
+
+def checkpointed_rollout(
+    step: StepFn,
+    x0: tf.Tensor,
+    num_steps: int,
+    return_trajectory: bool,
+    sum_remainders: bool,
+    step_inputs: tuple[tf.Tensor, ...] = (),
+) -> tuple[tf.Tensor, tf.Tensor]:
+    """`rollout` whose gradient keeps only the states and recomputes each step, one at a time, last first.
+
+    Backpropagating through the loop keeps every activation of every step (for
+    a Taylor-Lagrange step, its nested forward-mode passes too) until the
+    backward pass: memory grows with `num_steps` times the step's activations.
+    Here the forward loop keeps the `num_steps + 1` states only, and the
+    backward loop recomputes step k from state k under a tape and takes its
+    vector-Jacobian product: one more forward pass per step, and the
+    activations of one step alive at a time (full checkpointing, as in
+    diffrax's `RecursiveCheckpointAdjoint` with a checkpoint per step). The
+    gradients are those of backpropagation, up to rounding.
+
+    The custom gradient sits around the whole rollout, not around each step
+    inside the loop: TensorFlow cannot differentiate a while loop whose body
+    holds a custom gradient that reads variables (the loop's gradient does not
+    find the variables' captures). `tf.recompute_grad` (`keras.remat` on
+    TensorFlow) is not used either: it runs the forward pass with the tapes
+    stopped, which stops forward-mode accumulators too, so Taylor coefficients
+    inside it come out wrong.
+    """
+
+    @tf.custom_gradient
+    def run(x0: tf.Tensor, *inputs: tf.Tensor):
+        states, total = _loop(step, x0, num_steps, True, sum_remainders)
+        states = states.stack()  # (num_steps + 1, batch, ...): what the backward pass keeps
+        output = _swap_steps_and_batch(states) if return_trajectory else states[-1]
+
+        def backward(
+            d_output: tf.Tensor | None, d_total: tf.Tensor | None, variables: list | None = None
+        ) -> tuple | list:
+            variables = list(variables or [])
+            sources = [*inputs, *variables]
+            d_output = tf.zeros_like(output) if d_output is None else d_output
+            d_total = tf.zeros_like(total) if d_total is None else d_total
+            # Each state's gradient from the outputs directly (all of them for a trajectory).
+            d_states = _swap_steps_and_batch(d_output) if return_trajectory else None
+
+            def vjp(k: tf.Tensor, adjoint: tf.Tensor, gradients: list[tf.Tensor]) -> tuple:
+                start = states[k]
+                with tf.GradientTape() as tape:
+                    tape.watch([start, *sources])
+                    x_next, remainder = step(start, k)
+                    targets = [x_next, _penalty(remainder)] if sum_remainders else [x_next]
+                d_start, *d_sources = tape.gradient(
+                    targets,
+                    [start, *sources],
+                    output_gradients=[adjoint, d_total] if sum_remainders else [adjoint],
+                    unconnected_gradients=tf.UnconnectedGradients.ZERO,
+                )
+                if d_states is not None:
+                    d_start += d_states[k]
+                d_sources = [tf.convert_to_tensor(g) for g in d_sources]
+                return k - 1, d_start, [g + d for g, d in zip(gradients, d_sources, strict=True)]
+
+            last = d_states[num_steps] if d_states is not None else d_output
+            _, d_x0, d_sources = tf.while_loop(
+                lambda k, *_: k >= 0,
+                vjp,
+                (tf.constant(num_steps - 1), last, [tf.zeros_like(s) for s in sources]),
+                maximum_iterations=num_steps,
+            )
+            d_inputs = [d_x0, *d_sources[: len(inputs)]]
+            return (d_inputs, d_sources[len(inputs) :]) if variables else d_inputs
+
+        return (output, total), backward
+
+    return run(x0, *step_inputs)
+
+
+def _loop(
+    step: StepFn, x0: tf.Tensor, num_steps: int, keep_states: bool, sum_remainders: bool
+) -> tuple[tf.Tensor | tf.TensorArray, tf.Tensor]:
+    """The while loop: `(final state, or every state in a TensorArray if keep_states; Σ_k mean|R_k|)`."""
+
+    def body(k, x, total, *states):
+        x_next, remainder = step(x, k)
+        if sum_remainders:
+            total += _penalty(remainder)
+        # The TensorArray exists only for trajectories: in the final-state graph
+        # it would be dead weight, and it blocks TFLite conversion with a dynamic batch.
+        return (k + 1, x_next, total) + tuple(array.write(k + 1, x_next) for array in states)
+
+    states: tuple[tf.TensorArray, ...] = ()
+    if keep_states:
+        states = (tf.TensorArray(x0.dtype, size=num_steps + 1, element_shape=x0.shape).write(0, x0),)
+    _, x, total, *states = tf.while_loop(
         lambda k, *_: k < num_steps,
         body,
-        (tf.constant(0), x0, tf.zeros((), x0.dtype)) + trajectory,
+        (tf.constant(0), x0, tf.zeros((), x0.dtype)) + states,
         maximum_iterations=num_steps,
     )
-    if not return_trajectory:
-        return x, total
-    states = trajectory[0].stack()
-    return tf.transpose(states, [1, 0] + list(range(2, len(x0.shape) + 1))), total
+    return (states[0] if keep_states else x), total
+
+
+def _penalty(remainder: tf.Tensor) -> tf.Tensor:
+    return tf.reduce_mean(tf.abs(remainder))
+
+
+def _swap_steps_and_batch(states: tf.Tensor) -> tf.Tensor:
+    """`(steps, batch, ...)` ↔ `(batch, steps, ...)`."""
+    return tf.transpose(states, [1, 0] + list(range(2, len(states.shape))))
