@@ -269,16 +269,8 @@ def main(argv: list[str] | None = None) -> dict:
         for setting, rows in by_setting.items():
             print(f"\n{size}, {setting}:")
             print(harness.format_table(rows, common.COST_COLUMNS))
-    report = {
-        "config": {**config, "methods": args.methods, "settings": args.settings, "dt": DT, "sizes_spec": SIZES},
-        "environment": harness.environment(),
-        "runs": runs,
-        "summary": summary,
-        "seconds": time.perf_counter() - started,
-    }
-    if args.json:
-        harness.write_json(report, args.json)
-    return report
+    config = {**config, "methods": args.methods, "settings": args.settings, "dt": DT, "sizes_spec": SIZES}
+    return harness.child_runs_report(config, runs, summary, started, args.json)
 
 
 if __name__ == "__main__":

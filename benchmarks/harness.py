@@ -380,6 +380,24 @@ def methods_block(columns: list[tuple[str, str, str]]) -> Callable[[dict], str]:
     return lambda report: markdown_table(report["methods"], columns)
 
 
+def child_runs_report(config: dict, runs: dict, summary: dict, started: float, path: str | None) -> dict:
+    """The report of a benchmark whose runs are child processes (cost.py, checkpointing.py), written to `path` if given.
+
+    Its keys: config, environment, runs (each child's output), summary,
+    seconds (since `started`, a `time.perf_counter()` reading).
+    """
+    report = {
+        "config": config,
+        "environment": environment(),
+        "runs": runs,
+        "summary": summary,
+        "seconds": time.perf_counter() - started,
+    }
+    if path:
+        write_json(report, path)
+    return report
+
+
 def write_json(report: dict, path: str) -> None:
     """Writes `report` as standard JSON: NaN and infinities (a diverged run) become null."""
     directory = os.path.dirname(os.path.abspath(path))
