@@ -32,6 +32,7 @@ def test_stiff_exact_solution(stiff, common):
     np.testing.assert_allclose(states[0, 3], common.stiff_propagator(0.03) @ states[0, 0], atol=1e-12)
 
 
+@pytest.mark.example_runs
 def test_stiff_main_writes_json_and_plots(stiff, tmp_path, capsys):
     path = tmp_path / "results" / "stiff.json"
     argv = [

@@ -51,6 +51,8 @@ def test_spans_learns_every_gap_with_one_model(capsys):
     assert "gaps in [0.3, inf)" in capsys.readouterr().out
 
 
+# End to end (22 s): in CI's example runs; test_flow.py trains a flow to a normalised density in the default suite.
+@pytest.mark.example_runs
 def test_density_flow_learns_a_normalised_density():
     density = load_example("density")
     result = density.main(epochs=4, samples=2048)
