@@ -989,6 +989,7 @@ def export_times_block(results: dict) -> str:
 # By the name in the docs' markers (`<!-- results:NAME.BLOCK -->`): the script that wrote the results.
 DOC_TABLES = {
     "stiff_dynamics": DocTables("stiff_dynamics_full.json", {"methods": harness.methods_block(STIFF_COLUMNS)}),
+    "stiff_dynamics_quick": DocTables("stiff_dynamics_quick.json", {"methods": harness.methods_block(STIFF_COLUMNS)}),
     "classification": DocTables("classification_full.json", {"methods": harness.methods_block(DIGITS_COLUMNS)}),
     "van_der_pol": DocTables("van_der_pol_full.json", {"methods": harness.methods_block(VAN_DER_POL_COLUMNS)}),
     "irregular_series": DocTables("irregular_series_full.json", {"methods": irregular_block}),
