@@ -151,7 +151,7 @@ def test_nested_and_several_tl_layers_all_get_corrected():
     assert history.history["nfe"][-1] == first.nfe + second.nfe
 
 
-def parity_fit(strategy: tf.distribute.Strategy | None = None) -> dict:
+def parity_fit(strategy: tf.distribute.Strategy | None = None, gradient_checkpointing: bool = False) -> dict:
     """Two epochs of a small corrected model built in `strategy`'s scope (default: none); what they leave."""
     strategy = strategy or tf.distribute.get_strategy()
     rng = np.random.default_rng(0)
@@ -164,6 +164,8 @@ def parity_fit(strategy: tf.distribute.Strategy | None = None) -> dict:
             duration=0.1,
             correction=kt.MidpointCorrection(hidden_units=(4,)),
             remainder_weight=0.01,
+            num_steps=2,
+            gradient_checkpointing=gradient_checkpointing,
         )
         inputs = keras.Input((2,))
         model = kt.TLNODEModel(inputs, ode(inputs))
@@ -200,16 +202,19 @@ def mirrored_child(request, tmp_path_factory):
 
 
 def test_mirrored_strategy_matches_single_device(mirrored_child):
-    """The mirrored run from the child process against the single-device one, here."""
+    """The mirrored runs from the child process (plain, and with gradient checkpointing) against the
+    single-device plain one, here."""
     single = parity_fit()
     returncode = mirrored_child.process.wait(timeout=300)
     assert returncode == 0, mirrored_child.stderr()[-3000:]
-    mirrored = json.loads(mirrored_child.stdout().strip().splitlines()[-1])
-    assert (single["replicas"], mirrored["replicas"]) == (1, 2)
-    gap = max(np.abs(np.subtract(a, b)).max() for a, b in zip(single["weights"], mirrored["weights"], strict=True))
-    assert gap < 1e-6
-    assert single["correction_steps"] == mirrored["correction_steps"] == 8  # 4 solves of 2 updates each
-    np.testing.assert_allclose(single["loss"], mirrored["loss"], rtol=1e-5)
+    runs = json.loads(mirrored_child.stdout().strip().splitlines()[-1])
+    assert sorted(runs) == ["checkpointed", "plain"]
+    for mirrored in runs.values():
+        assert (single["replicas"], mirrored["replicas"]) == (1, 2)
+        gap = max(np.abs(np.subtract(a, b)).max() for a, b in zip(single["weights"], mirrored["weights"], strict=True))
+        assert gap < 1e-6
+        assert single["correction_steps"] == mirrored["correction_steps"] == 8  # 4 solves of 2 updates each
+        np.testing.assert_allclose(single["loss"], mirrored["loss"], rtol=1e-5)
 
 
 def test_jit_compile_matches_graph_training():
