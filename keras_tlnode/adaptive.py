@@ -16,7 +16,7 @@ import keras
 import tensorflow as tf
 import tensorflow_probability as tfp
 
-from keras_tlnode.layers import ODELayer
+from keras_tlnode.layers import ODELayer, eager_traced
 from keras_tlnode.schemes import per_state
 from keras_tlnode.validation import check_float
 
@@ -66,7 +66,7 @@ class EvaluationBudget:
 def dormand_prince(
     field: Callable[[tf.Tensor, tf.Tensor], tf.Tensor],
     x: tf.Tensor,
-    times: list[float],
+    times: list[float] | tf.Tensor,
     rtol: float,
     atol: float,
     dtype: tf.dtypes.DType,
@@ -103,12 +103,10 @@ def dormand_prince(
 
     if budget is not None:
         budget.reset()
-    solver = tfp.math.ode.DormandPrince(rtol=rtol, atol=atol, first_step_size=tf.constant(times[0], dtype))
+    times = tf.cast(times, dtype)
+    solver = tfp.math.ode.DormandPrince(rtol=rtol, atol=atol, first_step_size=times[0])
     results = solver.solve(
-        ode_fn,
-        tf.constant(0.0, dtype),
-        (tf.cast(x, dtype), tf.constant(0.0, dtype)),
-        solution_times=tf.constant(times, dtype),
+        ode_fn, tf.constant(0.0, dtype), (tf.cast(x, dtype), tf.constant(0.0, dtype)), solution_times=times
     )
     states = tf.cast(results.states[0], model_dtype)
     ok = tf.reduce_all(
@@ -169,6 +167,11 @@ class DormandPrinceODE(ODELayer):
             i is integrated over `[t_initial, t_initial + duration_i]`, as
             dx/ds = duration_i · f(x, t_initial + s · duration_i) over
             s ∈ [0, 1].
+        times: observation times `(T,)` shared by the batch, as for
+            `TaylorLagrangeODE` (torchdiffeq's `odeint(f, x, t)`): the
+            states at those times, from one adaptive solve. Times per sample
+            `(batch, T)` raise a `ValueError`: the batch is one system for
+            the solver, on one time axis.
 
     Input shape:
         `x`: `(batch, *state_shape)`, a floating tensor with at least one
@@ -178,7 +181,8 @@ class DormandPrinceODE(ODELayer):
         `(batch, *state_shape)`, the states at `t_initial + duration` (NaN
         where the solve failed). With `return_trajectory=True`,
         `(batch, num_steps + 1, *state_shape)`: the states at t_initial + 0,
-        duration / num_steps, ..., duration.
+        duration / num_steps, ..., duration. With `times`, `(batch, T,
+        *state_shape)`.
 
     Example:
 
@@ -211,19 +215,21 @@ class DormandPrinceODE(ODELayer):
         self.rtol = check_float(rtol, "rtol", positive=True)
         self.atol = check_float(atol, "atol", positive=True)
 
-    def call(self, inputs: tf.Tensor | list) -> tf.Tensor:
-        return self.solve(inputs).states
+    def call(self, inputs: tf.Tensor | list, times: tf.Tensor | None = None) -> tf.Tensor:
+        return self.solve(inputs, times).states
 
-    def solve(self, inputs: tf.Tensor | list) -> Solution:
+    def solve(self, inputs: tf.Tensor | list, times: tf.Tensor | None = None) -> Solution:
         """The layer's solve from `inputs`, with its cost and whether it succeeded.
 
         The solve runs over s ∈ [0, 1] on dx/ds = T · f(x, t_initial + s T),
-        T the duration (each sample's own with `[x, duration]`). The whole
-        batch is one system for the solver, so its steps follow the stiffest
-        sample.
+        T the duration (each sample's own with `[x, duration]`); at
+        observation times, from t_0 over t, returning the states at the
+        times (tfp's `solution_times`). The whole batch is one system for
+        the solver, so its steps follow the stiffest sample.
 
         Args:
             inputs: as the layer takes them: `x` or `[x, duration]`.
+            times: observation times, as the layer takes them.
 
         Returns:
             A `Solution(states, nfe, ok)`, as the teacher's: `states` the
@@ -236,11 +242,24 @@ class DormandPrinceODE(ODELayer):
             if isinstance(inputs, (list, tuple))
             else tf.convert_to_tensor(inputs)
         )
-        x, step_size = self._spans(inputs)
+        if times is not None and tf.convert_to_tensor(times).shape.rank == 2:
+            raise ValueError(
+                f"{type(self).__name__} takes `times` shared by the batch, shape (T,), got shape "
+                f"{tuple(tf.convert_to_tensor(times).shape)}: tfp's solver integrates the batch as one system on "
+                "one time axis. For times per sample, use TaylorLagrangeODE or FixedStepODE."
+            )
+        spans = self._spans(inputs) if times is None else self._observed(inputs, times)
         if not self.built:
-            self.build([tuple(i.shape) for i in inputs] if isinstance(inputs, list) else tuple(x.shape))
+            self.build([tuple(i.shape) for i in inputs] if isinstance(inputs, list) else tuple(spans.states.shape))
+        solve = eager_traced(self, "_solve") if tf.executing_eagerly() else self._solve
+        return solve(*spans)
+
+    def _solve(self, x: tf.Tensor, step_size: tf.Tensor | None, times: tf.Tensor | None) -> Solution:
+        """The solve of `Spans(x, step_size, times)` (see `solve`)."""
+        if times is not None:
+            return self._solve_at_times(x, times[0])
         duration = self.duration if step_size is None else step_size * self.num_steps
-        times = [k / self.num_steps for k in range(1, self.num_steps + 1)] if self.return_trajectory else [1.0]
+        ends = [k / self.num_steps for k in range(1, self.num_steps + 1)] if self.return_trajectory else [1.0]
 
         def rescaled(y: tf.Tensor, s: tf.Tensor) -> tf.Tensor:
             if not self.time_dependent:
@@ -248,12 +267,26 @@ class DormandPrinceODE(ODELayer):
             t = self.t_initial + s * duration * tf.ones(tf.stack([tf.shape(y)[0], 1]), y.dtype)
             return per_state(duration, y) * self.derivative(y, t)
 
-        solution = dormand_prince(rescaled, x, times, self.rtol, self.atol, x.dtype)
+        solution = dormand_prince(rescaled, x, ends, self.rtol, self.atol, x.dtype)
         states = tf.where(solution.ok, solution.states, tf.constant(math.nan, x.dtype))
         if self.return_trajectory:
             states = tf.experimental.numpy.moveaxis(tf.concat([x[tf.newaxis], states], axis=0), 0, 1)
         else:
             states = states[-1]
+        return Solution(states, solution.nfe, solution.ok)
+
+    def _solve_at_times(self, x: tf.Tensor, times: tf.Tensor) -> Solution:
+        """The solve at observation times `(T,)`, by tfp's own `solution_times`, from t_0 = times[0]."""
+        start = tf.cast(times[0], x.dtype)
+
+        def shifted(y: tf.Tensor, s: tf.Tensor) -> tf.Tensor:
+            if not self.time_dependent:
+                return self.derivative(y)
+            return self.derivative(y, (start + s) * tf.ones(tf.stack([tf.shape(y)[0], 1]), y.dtype))
+
+        solution = dormand_prince(shifted, x, tf.cast(times[1:], x.dtype) - start, self.rtol, self.atol, x.dtype)
+        states = tf.where(solution.ok, solution.states, tf.constant(math.nan, x.dtype))
+        states = tf.experimental.numpy.moveaxis(tf.concat([x[tf.newaxis], states], axis=0), 0, 1)
         return Solution(states, solution.nfe, solution.ok)
 
     def get_config(self) -> dict:

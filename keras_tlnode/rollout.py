@@ -12,8 +12,8 @@ StepFn = Callable[[tf.Tensor, tf.Tensor], tuple[tf.Tensor, tf.Tensor]]
 def rollout(
     step: StepFn,
     x0: tf.Tensor,
-    num_steps: int,
-    return_trajectory: bool,
+    num_steps: int | tf.Tensor,
+    save_every: int | None = None,
     sum_remainders: bool = False,
     checkpoint: bool = False,
     step_inputs: tuple[tf.Tensor, ...] = (),
@@ -28,35 +28,39 @@ def rollout(
     Args:
         step: `step(x, k) -> (x_next, remainder)`, `k` the int32 step index.
         x0: initial states, `(batch, ...)`.
-        num_steps: number of steps, >= 1.
-        return_trajectory: return all states `(batch, num_steps + 1, ...)`
-            (after 0, 1, ..., num_steps steps) instead of the final state `(batch, ...)`.
+        num_steps: number of steps, >= 1 (a scalar int32 tensor where the
+            count is known only at run time).
+        save_every: None returns the final state `(batch, ...)`; s returns
+            the states after 0, s, 2s, ..., num_steps steps on a new axis 1,
+            `(batch, num_steps / s + 1, ...)` (num_steps a multiple of s): 1
+            for every state of a trajectory, `num_steps` per observation
+            interval for the states at observation times.
         sum_remainders: accumulate the remainder penalty; only training needs
             it, so inference and export graphs leave it out.
         checkpoint: gradient checkpointing (`checkpointed_rollout`): the
             backward pass keeps the states only and recomputes each step.
         step_inputs: with `checkpoint`, the tensors other than the state and
             the variables that `step` reads and that gradients may flow to
-            (per-sample step sizes).
+            (per-sample step sizes and times).
 
     Returns:
         `(states, remainder)`, where `remainder` is the scalar Σ_k mean|R_k| of
         the steps' Lagrange remainders (zero unless `sum_remainders`).
     """
     if checkpoint:
-        return checkpointed_rollout(step, x0, num_steps, return_trajectory, sum_remainders, step_inputs)
-    if num_steps == 1 and not return_trajectory:
+        return checkpointed_rollout(step, x0, num_steps, save_every, sum_remainders, step_inputs)
+    if isinstance(num_steps, int) and num_steps == 1 and save_every is None:
         x, remainder = step(x0, tf.constant(0))
         return x, _penalty(remainder) if sum_remainders else tf.zeros((), x0.dtype)
-    states, total = _loop(step, x0, num_steps, return_trajectory, sum_remainders)
-    return (_swap_steps_and_batch(states.stack()) if return_trajectory else states), total
+    states, total = _loop(step, x0, num_steps, save_every is not None, sum_remainders)
+    return (states if save_every is None else _saved(states.stack(), save_every)), total
 
 
 def checkpointed_rollout(
     step: StepFn,
     x0: tf.Tensor,
-    num_steps: int,
-    return_trajectory: bool,
+    num_steps: int | tf.Tensor,
+    save_every: int | None,
     sum_remainders: bool,
     step_inputs: tuple[tf.Tensor, ...] = (),
 ) -> tuple[tf.Tensor, tf.Tensor]:
@@ -85,7 +89,7 @@ def checkpointed_rollout(
     def run(x0: tf.Tensor, *inputs: tf.Tensor):
         states, total = _loop(step, x0, num_steps, True, sum_remainders)
         states = states.stack()  # (num_steps + 1, batch, ...): what the backward pass keeps
-        output = _swap_steps_and_batch(states) if return_trajectory else states[-1]
+        output = states[-1] if save_every is None else _saved(states, save_every)
 
         def backward(
             d_output: tf.Tensor | None, d_total: tf.Tensor | None, variables: list | None = None
@@ -94,8 +98,11 @@ def checkpointed_rollout(
             sources = [*inputs, *variables]
             d_output = tf.zeros_like(output) if d_output is None else d_output
             d_total = tf.zeros_like(total) if d_total is None else d_total
-            # Each state's gradient from the outputs directly (all of them for a trajectory).
-            d_states = _swap_steps_and_batch(d_output) if return_trajectory else None
+            # Each state's gradient from the outputs directly (the saved ones; zero for the others).
+            d_states = None
+            if save_every is not None:
+                saved = tf.range(0, tf.shape(states)[0], save_every)[:, None]
+                d_states = tf.scatter_nd(saved, _swap_steps_and_batch(d_output), tf.shape(states))
 
             def vjp(k: tf.Tensor, adjoint: tf.Tensor, gradients: list[tf.Tensor]) -> tuple:
                 start = states[k]
@@ -118,7 +125,7 @@ def checkpointed_rollout(
             _, d_x0, d_sources = tf.while_loop(
                 lambda k, *_: k >= 0,
                 vjp,
-                (tf.constant(num_steps - 1), last, [tf.zeros_like(s) for s in sources]),
+                (tf.convert_to_tensor(num_steps - 1), last, [tf.zeros_like(s) for s in sources]),
                 maximum_iterations=num_steps,
             )
             d_inputs = [d_x0, *d_sources[: len(inputs)]]
@@ -130,7 +137,7 @@ def checkpointed_rollout(
 
 
 def _loop(
-    step: StepFn, x0: tf.Tensor, num_steps: int, keep_states: bool, sum_remainders: bool
+    step: StepFn, x0: tf.Tensor, num_steps: int | tf.Tensor, keep_states: bool, sum_remainders: bool
 ) -> tuple[tf.Tensor | tf.TensorArray, tf.Tensor]:
     """The while loop: `(final state, or every state in a TensorArray if keep_states; Σ_k mean|R_k|)`."""
 
@@ -156,6 +163,11 @@ def _loop(
 
 def _penalty(remainder: tf.Tensor) -> tf.Tensor:
     return tf.reduce_mean(tf.abs(remainder))
+
+
+def _saved(states: tf.Tensor, save_every: int) -> tf.Tensor:
+    """The states after 0, s, 2s, ... steps, batch first, from all of them `(num_steps + 1, batch, ...)`."""
+    return _swap_steps_and_batch(states[::save_every] if save_every > 1 else states)
 
 
 def _swap_steps_and_batch(states: tf.Tensor) -> tf.Tensor:

@@ -205,7 +205,7 @@ class RK4Teacher(Teacher):
         def step(y: tf.Tensor, k: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
             return runge_kutta_step(RK4, field, y, tf.cast(k, self.dtype) * h, h)
 
-        states, _ = rollout(step, tf.cast(x, self.dtype), self.num_steps, return_trajectory=False)
+        states, _ = rollout(step, tf.cast(x, self.dtype), self.num_steps)
         states = tf.cast(states, model_dtype)
         nfe = tf.constant(RK4.stages * self.num_steps, tf.int64)
         return Solution(states, nfe, tf.reduce_all(tf.math.is_finite(states)))

@@ -241,8 +241,7 @@ class TLNODEModel(MultiWorkerFit, keras.Model):
             self._tl_metrics.trust.update_state(tf.add_n([_trust(layer) for layer in corrected]) / len(corrected))
             if _correction_variables(corrected):
                 # A shared layer's correction is fitted on the inputs of all of its calls.
-                inputs = {layer: _all_calls(layer, calls.inputs[layer]) for layer in corrected}
-                self._correction_phase(corrected, inputs)
+                self._correction_phase(corrected, calls.inputs)
         return multi_worker_logs(self.compute_metrics(x, y, y_pred, sample_weight=sample_weight))
 
     def _dynamics_step(self, x, y, sample_weight) -> tuple:
@@ -300,7 +299,7 @@ class TLNODEModel(MultiWorkerFit, keras.Model):
                 if correction_variables:
                     self.correction_optimizer.build(correction_variables)
 
-    def _correction_phase(self, layers: list[TaylorLagrangeODE], inputs: dict[TaylorLagrangeODE, Spans]) -> None:
+    def _correction_phase(self, layers: list[TaylorLagrangeODE], inputs: dict[TaylorLagrangeODE, list[Spans]]) -> None:
         """Phase 2, every `correction_every` steps: one teacher solve, then `correction_steps` updates of Γ_φ on its targets.
 
         Only local work (teacher solves, gradients) sits inside `tf.cond`; the
@@ -491,40 +490,52 @@ def _functional_arguments(args: tuple, kwargs: dict) -> bool:
 class _CorrectionDraw(NamedTuple):
     """Which of one layer's step starts its correction is fitted on at this step.
 
-    `picks` indexes at most `teacher_samples` of the `batch · num_steps` step
-    starts (None: all of them), drawn by a stateless RNG keyed on the step
+    The step starts are those of every call of the layer (a shared layer has
+    several), call after call. `picks` indexes at most `teacher_samples` of
+    them (None: all of them), drawn by a stateless RNG keyed on the step
     number, so that a resumed run (BackupAndRestore) stays bit-equal to an
     uninterrupted one; `times` are the picked starts' times (time-dependent
-    fields) or None, `sizes` their Δt with per-sample durations, else None.
+    fields) or None, `sizes` their Δt where a call had per-sample durations or
+    observation times, else None; `count` is the number of starts.
     """
 
     layer: TaylorLagrangeODE
     picks: tf.Tensor | None
     times: tf.Tensor | None
     sizes: tf.Tensor | None
+    count: tf.Tensor
 
     @classmethod
-    def draw(cls, layer: TaylorLagrangeODE, inputs: Spans, samples: int | None, step: tf.Tensor) -> _CorrectionDraw:
-        count = tf.shape(inputs.states)[0] * layer.num_steps
+    def draw(
+        cls, layer: TaylorLagrangeODE, calls: list[Spans], samples: int | None, step: tf.Tensor
+    ) -> _CorrectionDraw:
+        sizes = [layer.step_sizes(spans) for spans in calls]
+        uniform = [tf.shape(spans.states)[0] * layer.num_steps for spans in calls]
+        count = tf.add_n([uniform[i] if size is None else tf.shape(size)[0] for i, size in enumerate(sizes)])
         picks = None
         if samples is not None:
             keys = tf.random.stateless_uniform(tf.reshape(count, [1]), seed=tf.stack([_SAMPLING_SEED, step]))
             picks = tf.argsort(keys)[:samples]
-        times, sizes = layer.step_times(inputs), layer.step_sizes(inputs)
+        times = None if not layer.time_dependent else tf.concat([layer.step_times(spans) for spans in calls], 0)
+        all_sizes = None
+        if any(size is not None for size in sizes):
+            dtype = calls[0].states.dtype
+            fills = [tf.fill(tf.stack([n, 1]), tf.constant(layer.step_size, dtype)) for n in uniform]
+            all_sizes = tf.concat([fill if size is None else size for fill, size in zip(fills, sizes, strict=True)], 0)
         if picks is not None:
             times = None if times is None else tf.gather(times, picks)
-            sizes = None if sizes is None else tf.gather(sizes, picks)
-        return cls(layer, picks, times, sizes)
+            all_sizes = None if all_sizes is None else tf.gather(all_sizes, picks)
+        return cls(layer, picks, times, all_sizes, count)
 
-    def __call__(self, inputs: Spans) -> _CorrectionProblem:
-        """The drawn step starts of the layer's rollout from `inputs` (this runs the rollout)."""
-        states = self.layer.step_starts(inputs)
+    def __call__(self, calls: list[Spans]) -> _CorrectionProblem:
+        """The drawn step starts of the layer's rollouts of `calls` (this runs the rollouts)."""
+        states = tf.concat([self.layer.step_starts(spans) for spans in calls], axis=0)
         return self.at(states if self.picks is None else tf.gather(states, self.picks))
 
-    def zeros(self, inputs: Spans) -> tf.Tensor:
+    def zeros(self, calls: list[Spans]) -> tf.Tensor:
         """Zeros shaped like the drawn states, for a step without a teacher solve."""
-        x = inputs.states
-        count = tf.shape(x)[0] * self.layer.num_steps if self.picks is None else tf.shape(self.picks)[0]
+        x = calls[0].states
+        count = self.count if self.picks is None else tf.shape(self.picks)[0]
         return tf.zeros(tf.concat([[count], tf.shape(x)[1:]], axis=0), x.dtype)
 
     def at(self, states: tf.Tensor) -> _CorrectionProblem:
@@ -555,23 +566,17 @@ class _CorrectionProblem(NamedTuple):
 _SAMPLING_SEED = 20220115
 
 
-def _all_calls(layer: TaylorLagrangeODE, calls: list[Spans]) -> Spans:
-    """The spans of all of a layer's calls as one batch; per-sample Δt for all if any call had durations."""
-    states = tf.concat([spans.states for spans in calls], axis=0)
-    if all(spans.step_size is None for spans in calls):
-        return Spans(states, None)
-    sizes = [
-        tf.fill(tf.stack([tf.shape(spans.states)[0], 1]), tf.constant(layer.step_size, spans.states.dtype))
-        if spans.step_size is None
-        else spans.step_size
-        for spans in calls
+def _nfe(calls: RecordedCalls) -> tf.Tensor:
+    """f-evaluations of the forward pass: each call of a TL layer counts (a layer a model does not call does not).
+
+    A call at T observation times makes T − 1 times the evaluations of a call over one span.
+    """
+    counts = [
+        layer.nfe * tf.cast(1 if spans.times is None else tf.shape(spans.times)[1] - 1, tf.float32)
+        for layer, inputs in calls.inputs.items()
+        for spans in inputs
     ]
-    return Spans(states, tf.concat(sizes, axis=0))
-
-
-def _nfe(calls: RecordedCalls) -> float:
-    """f-evaluations of the forward pass: each call of a TL layer counts (a layer a model does not call does not)."""
-    return float(sum(layer.nfe * len(inputs) for layer, inputs in calls.inputs.items()))
+    return tf.add_n([tf.zeros(()), *counts])
 
 
 def _correction_variables(layers: list[TaylorLagrangeODE]) -> list:

@@ -134,6 +134,31 @@ BAD = {
         "`duration` must have shape",
     ),
     "integer durations": (lambda: tl()([STATES, np.ones(3, "int32")]), TypeError, "`duration`"),
+    "times with [x, duration]": (
+        lambda: tl()([STATES, np.ones(3, "float32")], times=np.float32([0, 1])),
+        ValueError,
+        "`times=`.*replace `\\[x, duration\\]`",
+    ),
+    "times with return_trajectory": (
+        lambda: tl(return_trajectory=True)(STATES, times=np.float32([0, 1])),
+        ValueError,
+        "return_trajectory=False",
+    ),
+    "integer times": (lambda: tl()(STATES, times=np.int32([0, 1])), TypeError, "`times`"),
+    "one observation time": (lambda: tl()(STATES, times=np.float32([0])), ValueError, "`times`.*T >= 2"),
+    "times of rank 3": (lambda: tl()(STATES, times=np.zeros((3, 2, 1), "float32")), ValueError, "`times`"),
+    "times not increasing": (lambda: tl()(STATES, times=np.float32([0, 0.5, 0.5])), ValueError, "`times`.*increasing"),
+    "times NaN": (lambda: tl()(STATES, times=np.float32([0, np.nan])), ValueError, "`times`.*finite"),
+    "times for another batch": (
+        lambda: tl()(STATES, times=np.float32([[0, 1], [0, 2]])),
+        ValueError,
+        "`times`.*batch 3",
+    ),
+    "times, symbolic, T = 1": (
+        lambda: tl()(keras.Input((2,)), times=keras.Input((1,))),
+        ValueError,
+        "`times`.*T >= 2",
+    ),
     "DormandPrinceODE atol inf": (
         lambda: kt.DormandPrinceODE(keras.layers.Dense(2), atol=float("inf")),
         ValueError,

@@ -56,16 +56,25 @@ def _pair(make, **kwargs) -> tuple[keras.layers.Layer, keras.layers.Layer]:
     checkpointed.build((None, 2))
     checkpointed.set_weights(plain.get_weights())
     assert not plain.gradient_checkpointing and checkpointed.gradient_checkpointing
+    assert type(plain).from_config(checkpointed.get_config()).gradient_checkpointing  # kept in the config
     return plain, checkpointed
 
 
-def _loss_and_gradients(layer: keras.layers.Layer, inputs: list, jit_compile: bool = False) -> list[np.ndarray]:
-    """A training loss through `layer` (its output and its added losses) and its gradients to the inputs and weights."""
+def _loss_and_gradients(
+    layer: keras.layers.Layer, inputs: list, jit_compile: bool = False, observed: bool = False
+) -> list[np.ndarray]:
+    """A training loss through `layer` (its output and its added losses) and its gradients to the inputs and weights.
+
+    `inputs` is `[x]`, `[x, durations]`, or with `observed`, `[x, times]` (the layer called with `times=`).
+    """
 
     def run(x, *rest):
         with tf.GradientTape() as tape:
-            tape.watch([x, *rest])  # per-sample durations get their gradient too
-            y = layer([x, *rest] if rest else x, training=True)
+            tape.watch([x, *rest])  # per-sample durations and observation times get their gradient too
+            if observed:
+                y = layer(x, times=rest[0], training=True)
+            else:
+                y = layer([x, *rest] if rest else x, training=True)
             # In float64 whatever the layer computes in (mixed precision: float16).
             losses = [tf.cast(loss, tf.float64) for loss in layer.losses]
             loss = tf.reduce_sum(tf.sin(3.0 * tf.cast(y, tf.float64))) + tf.add_n([tf.zeros((), tf.float64), *losses])
@@ -121,6 +130,16 @@ def test_gradients_are_unchanged_with_per_sample_spans(float64):
     plain, checkpointed = _pair(_taylor(2, True))
     x, durations = _states(), np.linspace(0.1, 1.0, 6)
     _assert_same(_loss_and_gradients(plain, [x, durations]), _loss_and_gradients(checkpointed, [x, durations]))
+
+
+@pytest.mark.parametrize("order", [1, 3])
+def test_gradients_are_unchanged_at_observation_times(order, float64):
+    plain, checkpointed = _pair(_taylor(order, True, remainder_weight=0.1))
+    x, times = _states(), np.sort(np.random.default_rng(2).uniform(0.0, 1.0, (6, 4)), axis=1)
+    _assert_same(
+        _loss_and_gradients(plain, [x, times], observed=True),
+        _loss_and_gradients(checkpointed, [x, times], observed=True),
+    )
 
 
 def test_gradients_are_unchanged_under_xla(float64):
