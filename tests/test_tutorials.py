@@ -61,3 +61,24 @@ def test_density_flow_learns_a_normalised_density():
     assert result["mass"] == pytest.approx(1.0, abs=0.02)  # log_prob integrates to 1
     assert np.all(np.isfinite(result["radii"])) and result["radii"].shape == (2000,)
     assert np.isfinite(result["gap"])
+
+
+def test_trajectory_recording_loses_its_energy_to_friction():
+    trajectory = load_example("trajectory")
+    times, truth, observed = trajectory.record(np.random.default_rng(0))
+    np.testing.assert_array_equal(truth[0], trajectory.START[0])
+    # E = θ'²/2 − cos θ, dE/dt = −FRICTION θ'²: the solve's energy loss is the integral of the friction's power.
+    energy = truth[:, 1] ** 2 / 2 - np.cos(truth[:, 0])
+    power = trajectory.FRICTION * truth[:, 1] ** 2
+    dissipated = np.sum((power[1:] + power[:-1]) / 2 * np.diff(times))
+    assert energy[0] - energy[-1] == pytest.approx(dissipated, rel=1e-3)
+    assert np.std(observed - truth) == pytest.approx(trajectory.NOISE, rel=0.1)
+
+
+def test_trajectory_fits_the_recording_with_both_methods(tmp_path, capsys):
+    trajectory = load_example("trajectory")
+    result = trajectory.main(epochs=3, whole_steps=2, windows_per_epoch=512, path=str(tmp_path / "fit.png"))
+    for method, outcome in result["methods"].items():
+        assert outcome["rollout_rmse"] < result["still_rmse"] / 4, method
+    assert (tmp_path / "fit.png").stat().st_size > 10_000
+    assert "rollout over the recording" in capsys.readouterr().out
