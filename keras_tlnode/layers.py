@@ -217,14 +217,12 @@ class ODELayer(keras.layers.Layer):
         """`Spans(x, times=(batch, T))` for a call at observation times.
 
         The times are checked to be finite and increasing in eager calls only
-        (as durations are); they keep their dtype, at least float32, so that
-        late times of a long recording keep their precision under mixed
-        precision (each step's Δt and start time are cast to the states' dtype).
+        (as durations are). Keras's `__call__` casts them to the compute dtype
+        with every floating input: under mixed precision, float16, whose
+        resolution at t is about t / 1000 (see docs/usage.md).
         """
         times = tf.convert_to_tensor(times)
         x = self._observed_spec(inputs, times)
-        if times.dtype.size < 4:
-            times = tf.cast(times, tf.float32)
         batch = tf.shape(x)[0]
         if times.shape.rank == 1:
             times = tf.broadcast_to(times[tf.newaxis], tf.stack([batch, tf.shape(times)[0]]))

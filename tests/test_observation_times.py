@@ -136,3 +136,14 @@ def test_a_number_of_times_known_only_at_run_time_and_xla():
     np.testing.assert_allclose(dynamic(tf.constant(X0), tf.constant(PER_SAMPLE)), expected, rtol=1e-14)
     compiled = tf.function(lambda x, t: ode(x, times=t), jit_compile=True)
     np.testing.assert_allclose(compiled(tf.constant(X0), tf.constant(PER_SAMPLE)), expected, rtol=1e-12)
+
+
+def test_mixed_precision_steps_in_float16_at_times_relative_to_the_start():
+    keras.config.set_dtype_policy("mixed_float16")
+    try:
+        ode = kt.FixedStepODE(LinearField(A), method="rk4", num_steps=3)
+        states = ode(tf.constant(X0, tf.float32), times=tf.constant(PER_SAMPLE - PER_SAMPLE[:, :1], tf.float32))
+    finally:
+        keras.config.set_dtype_policy("float32")
+    assert states.dtype == tf.float16
+    np.testing.assert_allclose(states.numpy(), truth(PER_SAMPLE, 4, 3), rtol=1e-2, atol=2e-3)
